@@ -1,0 +1,1 @@
+"""Fleet control plane: signed model registry, device enrolment, desired state (see README.md)."""

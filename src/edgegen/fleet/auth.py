@@ -1,0 +1,94 @@
+"""Who is calling: FastAPI dependencies for the admin and for enrolled devices.
+
+    SessionDep    a SQLAlchemy ``Session`` for the request (committed by the route, closed after)
+    AdminDep      ``Authorization: Bearer <admin token>``; 401 otherwise
+    DeviceDep     ``Authorization: Bearer <device id>.<secret>``; 401 for an unknown or wrong
+                  credential, 403 for a revoked device; each refusal is recorded as an
+                  ``auth_refused`` device event (with the device id when the id is known)
+
+Secrets are compared as sha256 digests with ``hmac.compare_digest``; only digests are stored.
+This module does not issue credentials (see ``enrol.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from edgegen.fleet.db import Device, DeviceEvent, EventKind, utcnow
+from edgegen.fleet.state import ControlPlane
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_SEP = "."
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def secret_matches(secret: str, stored_digest: str) -> bool:
+    return hmac.compare_digest(digest(secret), stored_digest)
+
+
+def control_plane(request: Request) -> ControlPlane:
+    return request.app.state.fleet
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with control_plane(request).sessions() as session:
+        yield session
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_admin(request: Request) -> None:
+    token = _bearer(request)
+    if token is None or not secret_matches(token, control_plane(request).admin_token_digest):
+        raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _refuse(request: Request, status: int, reason: str, device_id: str | None) -> HTTPException:
+    """Record the refusal in its own transaction (the request's session is about to roll back)."""
+    with control_plane(request).sessions() as s:
+        s.add(DeviceEvent(device_id=device_id, kind=EventKind.AUTH_REFUSED.value, ok=False,
+                          reason=reason, detail={"path": request.url.path}))
+        s.commit()
+    log.info("refused device credential on %s: %s", request.url.path, reason)
+    return HTTPException(status, reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_device(request: Request, session: Annotated[Session, Depends(get_session)]) -> Device:
+    token = _bearer(request)
+    if token is None:
+        raise _refuse(request, 401, "no device credential", None)
+    device_id, sep, secret = token.partition(CREDENTIAL_SEP)
+    device = session.get(Device, device_id) if sep else None
+    if device is None:
+        raise _refuse(request, 401, "unknown device credential", None)
+    if not secret_matches(secret, device.credential_hash):
+        raise _refuse(request, 401, "wrong device credential", device.id)
+    if device.revoked:
+        raise _refuse(request, 403, f"device {device.id} is revoked: {device.revoked_reason or ''}".rstrip(": "),
+                      device.id)
+    device.last_seen_at = utcnow()
+    session.commit()
+    return device
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+AdminDep = Annotated[None, Depends(require_admin)]
+DeviceDep = Annotated[Device, Depends(require_device)]
+PlaneDep = Annotated[ControlPlane, Depends(control_plane)]

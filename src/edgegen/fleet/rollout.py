@@ -1,0 +1,350 @@
+"""Staged rollouts: the rollout state and the pure decisions taken on it.
+
+A rollout moves one model version to the devices of one group in stages (e.g. 10, 50, 100 percent).
+Which devices belong to a stage is a deterministic function of the device set snapshotted when the
+rollout was created: devices are ranked by ``sha256(salt:device_id)`` and stage *k* is the first
+``ceil(n * percent_k / 100)`` of them, so stages are nested and a device never leaves a stage.
+
+Each evaluation turns (rollout, per-device health of the current stage, now) into a ``Decision``:
+
+    HOLD      wait: not enough devices settled or reporting yet, bake time not over, or not running
+    ADVANCE   every gate holds with enough reporting devices: open the next stage
+    COMPLETE  the same at the last stage: the version becomes the group's version
+    HALT      a gate is breached: stop, and send the devices the rollout touched back to the
+              previous version
+
+Gates are thresholds on update failure rate, error rate, p95 latency, quality (drop of the mean
+output log-probability against the previous version's baseline) and drift alerts, each needing a
+minimum number of reporting devices (capped at the stage size, so a 1-device canary can pass).
+Operators pause, resume and abort. Everything here takes values and returns values; the control
+plane's store and its clock live elsewhere (``fleet/rollouts_store.py``). This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from edgegen.errors import InvalidRolloutError, RolloutStateError
+
+
+class RolloutState(str, Enum):
+    RUNNING = "running"
+    PAUSED = "paused"  # by an operator; devices keep what they have, no stage opens
+    HALTED = "halted"  # by a breached gate; touched devices go back to the previous version
+    COMPLETED = "completed"
+    ABORTED = "aborted"  # by an operator; touched devices go back to the previous version
+
+
+ACTIVE_STATES = frozenset({RolloutState.RUNNING, RolloutState.PAUSED})
+ROLLED_BACK_STATES = frozenset({RolloutState.HALTED, RolloutState.ABORTED})
+
+
+class GateMetric(str, Enum):
+    UPDATE_FAILURE_RATE = "update_failure_rate"  # failed installs / settled devices
+    ERROR_RATE = "error_rate"  # failed requests / requests, on the new version
+    P95_LATENCY_MS = "p95_latency_ms"  # pooled p95 of request latency on the new version
+    LOGPROB_DROP = "logprob_drop"  # baseline mean token log-prob minus the new one (nats)
+    DRIFT_RATE = "drift_rate"  # devices with a drift alert / devices on the new version
+
+
+class Action(str, Enum):
+    HOLD = "hold"
+    ADVANCE = "advance"
+    COMPLETE = "complete"
+    HALT = "halt"
+
+
+_GATE_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*(?:@\s*(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Holds while ``value <= threshold`` (``<`` and ``<=`` are read alike); needs ``min_devices``."""
+
+    metric: GateMetric
+    threshold: float
+    min_devices: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Gate:
+        """``"p95_latency_ms<800@3"``: metric, threshold, optional minimum of reporting devices."""
+        m = _GATE_RE.match(text)
+        if not m:
+            raise InvalidRolloutError(f"gate {text!r} is not of the form METRIC<VALUE[@MIN_DEVICES].")
+        try:
+            metric = GateMetric(m.group(1))
+        except ValueError:
+            names = ", ".join(g.value for g in GateMetric)
+            raise InvalidRolloutError(f"unknown gate metric {m.group(1)!r}; use one of {names}.") from None
+        try:
+            threshold = float(m.group(3))
+        except ValueError:
+            raise InvalidRolloutError(f"gate {text!r} has no numeric threshold.") from None
+        min_devices = int(m.group(4)) if m.group(4) else 1
+        if min_devices < 1 or not math.isfinite(threshold):
+            raise InvalidRolloutError(f"gate {text!r} needs a finite threshold and at least 1 device.")
+        return cls(metric, threshold, min_devices)
+
+    def __str__(self) -> str:
+        return f"{self.metric.value}<{self.threshold:g}@{self.min_devices}"
+
+
+DEFAULT_GATES: tuple[Gate, ...] = (
+    Gate(GateMetric.UPDATE_FAILURE_RATE, 0.0, 1),
+    Gate(GateMetric.ERROR_RATE, 0.05, 1),
+)
+
+
+def parse_stages(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"10,50,100"`` -> (10, 50, 100): strictly increasing percentages ending at 100."""
+    try:
+        stages = tuple(int(s) for s in (text.split(",") if isinstance(text, str) else text))
+    except ValueError:
+        raise InvalidRolloutError(f"stages {text!r} must be comma-separated whole percentages.") from None
+    if not stages or stages[-1] != 100 or any(not 0 < s <= 100 for s in stages):
+        raise InvalidRolloutError(f"stages {text!r} must be percentages in 1..100 ending with 100.")
+    if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
+        raise InvalidRolloutError(f"stages {text!r} must be strictly increasing.")
+    return stages
+
+
+# ---- who is in which stage --------------------------------------------------------------------
+
+
+def rank_devices(device_ids: Iterable[str], salt: str) -> list[str]:
+    """The rollout order: by sha256 of ``salt:device_id`` (ties impossible in practice; id breaks them)."""
+    return sorted(set(device_ids), key=lambda d: (hashlib.sha256(f"{salt}:{d}".encode()).digest(), d))
+
+
+def stage_size(n_devices: int, percent: int) -> int:
+    return min(n_devices, math.ceil(n_devices * percent / 100)) if n_devices else 0
+
+
+def stage_members(device_ids: Iterable[str], salt: str, percent: int) -> list[str]:
+    ranked = rank_devices(device_ids, salt)
+    return ranked[: stage_size(len(ranked), percent)]
+
+
+# ---- the rollout --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: int
+    model: str
+    version: int
+    previous_version: int | None  # what the group ran before; where a halt sends devices back
+    group: str
+    stages: tuple[int, ...]
+    devices: tuple[str, ...]  # the group's devices when the rollout was created
+    gates: tuple[Gate, ...] = DEFAULT_GATES
+    state: RolloutState = RolloutState.RUNNING
+    stage_index: int = 0
+    stage_started_at: float = 0.0
+    bake_s: float = 0.0  # minimum time a stage must run before it may advance
+    settle_fraction: float = 1.0  # share of a stage's devices that must have installed or failed
+    reason: str = ""
+
+    @property
+    def salt(self) -> str:
+        return f"{self.model}:{self.version}:{self.id}"
+
+    @property
+    def percent(self) -> int:
+        return self.stages[self.stage_index]
+
+    def members(self) -> list[str]:
+        """Devices of the current stage (cumulative: they include every earlier stage)."""
+        return stage_members(self.devices, self.salt, self.percent)
+
+    def target_for(self, device_id: str) -> int | None:
+        """The version this rollout wants on ``device_id``; None when it has no say over it."""
+        if device_id not in self.devices:
+            return None
+        if self.state is RolloutState.COMPLETED:
+            return self.version
+        if self.state in ROLLED_BACK_STATES:
+            return self.previous_version
+        return self.version if device_id in self.members() else self.previous_version
+
+
+# ---- what the store observed about the stage's devices -------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    """One stage member, as seen by the control plane since the current stage started."""
+
+    device_id: str
+    on_target: bool  # runs the rollout's version now
+    update_failed: bool  # reported a failed install (download, verify, health check) of it
+    requests: int = 0  # on the rollout's version, since the stage started
+    errors: int = 0
+    latencies_ms: tuple[float, ...] = ()
+    logprob_sum: float = 0.0  # sum of per-request mean token log-probabilities
+    logprob_n: int = 0
+    drift_alert: bool = False
+
+    @property
+    def settled(self) -> bool:
+        return self.on_target or self.update_failed
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The previous version's figures over the same group (for relative gates)."""
+
+    mean_logprob: float | None = None
+
+
+@dataclass(frozen=True)
+class GateReading:
+    gate: Gate
+    value: float | None  # None: nobody reported yet
+    reporting: int
+    needed: int
+
+    @property
+    def enough(self) -> bool:
+        return self.reporting >= self.needed and self.value is not None
+
+    @property
+    def breached(self) -> bool:
+        return self.enough and self.value is not None and self.value > self.gate.threshold
+
+    def __str__(self) -> str:
+        v = "n/a" if self.value is None else f"{self.value:.4g}"
+        limit = f"limit {self.gate.threshold:g}, {self.reporting}/{self.needed} devices"
+        return f"{self.gate.metric.value}={v} ({limit})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    readings: tuple[GateReading, ...] = field(default=())
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of an empty sequence")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def read_gate(gate: Gate, devices: Sequence[DeviceHealth], baseline: Baseline) -> GateReading:
+    needed = max(1, min(gate.min_devices, len(devices)))
+    on = [d for d in devices if d.on_target]
+    value: float | None = None
+    if gate.metric is GateMetric.UPDATE_FAILURE_RATE:
+        settled = [d for d in devices if d.settled]
+        reporting = len(settled)
+        value = sum(d.update_failed for d in settled) / reporting if reporting else None
+    elif gate.metric is GateMetric.ERROR_RATE:
+        rep = [d for d in on if d.requests]
+        reporting = len(rep)
+        value = sum(d.errors for d in rep) / sum(d.requests for d in rep) if rep else None
+    elif gate.metric is GateMetric.P95_LATENCY_MS:
+        rep = [d for d in on if d.latencies_ms]
+        reporting = len(rep)
+        value = percentile([x for d in rep for x in d.latencies_ms], 95) if rep else None
+    elif gate.metric is GateMetric.LOGPROB_DROP:
+        rep = [d for d in on if d.logprob_n]
+        reporting = len(rep)
+        if rep and baseline.mean_logprob is not None:
+            mean = sum(d.logprob_sum for d in rep) / sum(d.logprob_n for d in rep)
+            value = baseline.mean_logprob - mean
+    elif gate.metric is GateMetric.DRIFT_RATE:
+        reporting = len(on)
+        value = sum(d.drift_alert for d in on) / reporting if reporting else None
+    else:  # pragma: no cover - exhaustive over GateMetric
+        raise AssertionError(gate.metric)
+    return GateReading(gate, value, reporting, needed)
+
+
+def decide(rollout: Rollout, devices: Sequence[DeviceHealth], now: float,
+           baseline: Baseline = Baseline()) -> Decision:
+    """What to do with ``rollout`` given the health of its current stage's devices."""
+    if rollout.state is not RolloutState.RUNNING:
+        return Decision(Action.HOLD, f"rollout is {rollout.state.value}")
+    members = set(rollout.members())
+    stage = [d for d in devices if d.device_id in members]
+    readings = tuple(read_gate(g, stage, baseline) for g in rollout.gates)
+    breached = [r for r in readings if r.breached]
+    if breached:
+        return Decision(Action.HALT, "gate breached: " + "; ".join(map(str, breached)), readings)
+    settled = sum(d.settled for d in stage)
+    need_settled = math.ceil(rollout.settle_fraction * len(members))
+    if settled < need_settled:
+        return Decision(Action.HOLD, f"{settled}/{len(members)} devices settled, {need_settled} needed",
+                        readings)
+    waiting = [r for r in readings if not r.enough]
+    if waiting:
+        return Decision(Action.HOLD, "waiting for reports: " + "; ".join(map(str, waiting)), readings)
+    if now - rollout.stage_started_at < rollout.bake_s:
+        return Decision(Action.HOLD, f"baking ({now - rollout.stage_started_at:.0f}/{rollout.bake_s:g}s)",
+                        readings)
+    last = rollout.stage_index == len(rollout.stages) - 1
+    action = Action.COMPLETE if last else Action.ADVANCE
+    return Decision(action, f"stage {rollout.percent}% healthy", readings)
+
+
+def apply(rollout: Rollout, decision: Decision, now: float) -> Rollout:
+    """The rollout after ``decision`` (HOLD leaves it as it is)."""
+    if decision.action is Action.HOLD:
+        return rollout
+    if rollout.state is not RolloutState.RUNNING:
+        raise RolloutStateError(
+            f"rollout {rollout.id} is {rollout.state.value}; it cannot {decision.action.value}."
+        )
+    if decision.action is Action.ADVANCE:
+        return replace(rollout, stage_index=rollout.stage_index + 1, stage_started_at=now, reason="")
+    if decision.action is Action.COMPLETE:
+        return replace(rollout, state=RolloutState.COMPLETED, reason=decision.reason)
+    return replace(rollout, state=RolloutState.HALTED, reason=decision.reason)
+
+
+# ---- operators --------------------------------------------------------------------------------
+
+
+def pause(rollout: Rollout, reason: str = "paused by operator") -> Rollout:
+    if rollout.state is not RolloutState.RUNNING:
+        raise RolloutStateError(
+            f"rollout {rollout.id} is {rollout.state.value}; only a running one can pause."
+        )
+    return replace(rollout, state=RolloutState.PAUSED, reason=reason)
+
+
+def resume(rollout: Rollout, now: float) -> Rollout:
+    """Run again; after a halt the current stage is re-measured from ``now``."""
+    if rollout.state not in (RolloutState.PAUSED, RolloutState.HALTED):
+        raise RolloutStateError(
+            f"rollout {rollout.id} is {rollout.state.value}; only a paused or halted one can resume."
+        )
+    started = now if rollout.state is RolloutState.HALTED else rollout.stage_started_at
+    return replace(rollout, state=RolloutState.RUNNING, stage_started_at=started, reason="")
+
+
+def abort(rollout: Rollout, reason: str = "aborted by operator") -> Rollout:
+    if rollout.state not in (RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.HALTED):
+        raise RolloutStateError(f"rollout {rollout.id} is {rollout.state.value}; it cannot be aborted.")
+    return replace(rollout, state=RolloutState.ABORTED, reason=reason)
+
+
+def desired_version(device_id: str, rollouts: Iterable[Rollout], fallback: int | None) -> int | None:
+    """The version a device should run: the newest rollout that covers it decides, else ``fallback``.
+
+    ``rollouts`` are one model's rollouts; the newest (highest id) that includes the device wins.
+    """
+    for r in sorted(rollouts, key=lambda r: r.id, reverse=True):
+        target = r.target_for(device_id)
+        if target is not None or device_id in r.devices:
+            return target if target is not None else fallback
+    return fallback
