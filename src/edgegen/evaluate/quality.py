@@ -1,0 +1,122 @@
+"""Measured quality of a model against a reference, both run by llama.cpp on the same tokens.
+
+``evaluate(model, ref, text)`` tokenizes the text with the reference's tokenizer, cuts it into chunks
+(see ``metrics`` for the exact definitions, which are llama-perplexity's), runs both models on every
+chunk and reports perplexity, mean KL divergence, top-1 agreement, size and bits per weight.
+It does not quantize or convert anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgegen.errors import InvalidTextError, UserInputError
+from edgegen.evaluate.metrics import QualityAccumulator, score_chunk
+from edgegen.formats.gguf_file import describe
+from edgegen.runtime.engine import Engine
+
+
+@dataclass
+class QualityReport:
+    model: str
+    reference: str
+    text: str
+    chunk_tokens: int
+    file_bytes: int
+    ref_file_bytes: int
+    bits_per_weight: float
+    n_params: int
+    n_chunks: int
+    n_tokens_scored: int
+    ppl: float
+    ppl_ref: float
+    ln_ppl_ratio: float
+    kl_mean: float
+    kl_stderr: float
+    kl_median: float
+    kl_p99: float
+    kl_max: float
+    top1_agreement: float
+    top1_stderr: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_text(path: Path) -> str:
+    if not path.exists():
+        raise InvalidTextError(f"text file not found: {path}")
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise InvalidTextError(f"{path} holds no .txt files")
+        text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+    else:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise InvalidTextError(f"text file is empty: {path}")
+    return text
+
+
+def chunk_tokens_of(tokens: list[int], n_ctx: int, max_chunks: int, bos: int | None) -> list[np.ndarray]:
+    """Consecutive chunks of ``n_ctx`` tokens; the first token of each becomes BOS when the model uses one."""
+    n_chunks = min(max_chunks, len(tokens) // n_ctx)
+    out = []
+    for i in range(n_chunks):
+        chunk = np.array(tokens[i * n_ctx : (i + 1) * n_ctx], dtype=np.int64)
+        if bos is not None:
+            chunk[0] = bos
+        out.append(chunk)
+    return out
+
+
+def evaluate(
+    model_path: Path,
+    ref_path: Path,
+    text_path: Path,
+    *,
+    chunk_tokens: int = 512,
+    max_chunks: int = 16,
+    n_threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> QualityReport:
+    if chunk_tokens < 16:
+        raise UserInputError(f"chunk size {chunk_tokens} is too small (at least 16 tokens)")
+    text = read_text(Path(text_path))
+    model_info, ref_info = describe(Path(model_path)), describe(Path(ref_path))
+    with Engine(ref_path, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True, n_threads=n_threads) as ref, \
+            Engine(model_path, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True,
+                   n_threads=n_threads) as model:
+        if ref.n_vocab != model.n_vocab:
+            raise UserInputError(
+                f"the model's vocabulary ({model.n_vocab}) differs from the reference's ({ref.n_vocab})"
+            )
+        tokens = ref.tokenize(text, add_bos=False, special=False)
+        add_bos = ref.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        chunks = chunk_tokens_of(tokens, chunk_tokens, max_chunks, ref.bos_id if add_bos else None)
+        if not chunks:
+            raise InvalidTextError(
+                f"{text_path} has {len(tokens)} tokens, fewer than one chunk of {chunk_tokens}"
+            )
+        acc = QualityAccumulator()
+        for i, chunk in enumerate(chunks):
+            ids = chunk.tolist()
+            acc.add(score_chunk(model.logits(ids), ref.logits(ids), chunk))
+            if progress:
+                progress(i + 1, len(chunks))
+    s = acc.summary()
+    return QualityReport(
+        model=str(model_path),
+        reference=str(ref_path),
+        text=str(text_path),
+        chunk_tokens=chunk_tokens,
+        file_bytes=model_info.file_bytes,
+        ref_file_bytes=ref_info.file_bytes,
+        bits_per_weight=round(model_info.bits_per_weight, 4),
+        n_params=model_info.n_params,
+        **s,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,364 @@
+"""The on-device engine: llama.cpp through llama-cpp-python.
+
+``Engine`` loads a GGUF file (mmap, threads, context size) and offers
+    tokenize / detokenize
+    stream(prompt, params)      -> iterator of ``Token`` (text piece, id, optional logprob), then stops
+    complete(prompt, params)    -> ``Completion`` (text, usage, finish reason, timings)
+    chat_prompt(messages)       -> the model's own chat template applied to messages
+    logits(tokens)              -> [n_tokens, n_vocab] float32, a fresh context each call (for eval)
+
+An Engine is not thread-safe: one context, one caller at a time (the server serialises). Closing the
+stream generator (e.g. when an HTTP client disconnects) stops generation at the next token.
+This module does not download, convert or quantize anything.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import ContextOverflowError, EngineError
+from edgegen.formats.gguf_file import validate_gguf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.8  # 0 means greedy
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False  # compute each sampled token's log-probability (costs a softmax per token)
+    ignore_eos: bool = False  # benchmarks: keep decoding past end-of-generation tokens
+
+    @classmethod
+    def greedy(cls, max_tokens: int = 256, **kw: Any) -> SamplingParams:
+        return cls(max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, **kw)
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str  # the new text this token adds (may be "" while a UTF-8 sequence or stop prefix is pending)
+    logprob: float | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" | "length"
+    ttft_s: float  # prompt submitted -> first token sampled
+    total_s: float
+    token_logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        gen = self.total_s - self.ttft_s
+        return (self.completion_tokens - 1) / gen if self.completion_tokens > 1 and gen > 0 else 0.0
+
+
+@dataclass
+class StreamStats:
+    """Filled in while a stream runs; read it after the iterator is exhausted or closed."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    token_logprobs: list[float] = field(default_factory=list)
+
+
+def default_threads() -> int:
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:  # pragma: no cover - psutil missing or unsupported platform
+        n = None
+    return max(1, n or os.cpu_count() or 1)
+
+
+class Engine:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        use_mmap: bool = True,
+        logits_all: bool = False,
+        draft: Any | None = None,
+    ) -> None:
+        """``draft``: an optional llama-cpp-python draft model for speculative decoding, e.g.
+        ``llama_cpp.llama_speculative.LlamaPromptLookupDecoding()`` (prompt-lookup decoding). It needs
+        logits for every position, so it implies ``logits_all`` (n_ctx x n_vocab float32 of host memory)."""
+        self.path = Path(model_path)
+        logits_all = logits_all or draft is not None
+        validate_gguf(self.path)
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        t0 = time.perf_counter()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.path),
+                n_ctx=n_ctx,
+                n_threads=n_threads or default_threads(),
+                n_threads_batch=n_threads or default_threads(),
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                use_mmap=use_mmap,
+                logits_all=logits_all,
+                draft_model=draft,
+                verbose=False,
+            )
+        except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError on load failures
+            raise EngineError(f"llama.cpp could not load {self.path}: {exc}") from exc
+        self.load_s = time.perf_counter() - t0
+        self.n_ctx = self._llm.n_ctx()
+        self.n_vocab = self._llm.n_vocab()
+        self.metadata: dict[str, str] = dict(self._llm.metadata)
+        self.logits_all = logits_all
+        self._vocab = vocab = llama_cpp.llama_model_get_vocab(self._llm._model.model)
+        self._eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._closed = False
+
+    # ---- vocabulary ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+
+    def _token_bytes(self, tok: int) -> bytes:
+        """The bytes one token adds to the text (special tokens render as nothing); memoised."""
+        piece = self._pieces.get(tok)
+        if piece is None:
+            buf = self._piece_buf
+            n = self._llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+            piece = buf.raw[:n] if n > 0 else b""
+            self._pieces[tok] = piece
+        return piece
+
+    @property
+    def bos_id(self) -> int:
+        return self._llm.token_bos()
+
+    @property
+    def eos_id(self) -> int:
+        return self._llm.token_eos()
+
+    # ---- chat ---------------------------------------------------------------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+        """Render messages with the model's chat template; returns (prompt, extra stop strings)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = self.chat_template
+        if not template:
+            # No template in the file: a plain transcript the base model can continue.
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join(lines) + "\nassistant:", ("\nuser:",)
+        eos = self._piece(self.eos_id)
+        bos = self._piece(self.bos_id)
+        fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+        resp = fmt(messages=list(messages))
+        stops = resp.stop if isinstance(resp.stop, list) else ([resp.stop] if resp.stop else [])
+        return resp.prompt, tuple(s for s in stops if s)
+
+    def _piece(self, tok: int) -> str:
+        if tok < 0:
+            return ""
+        return self._llm._model.token_get_text(tok)
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def _prepare(self, prompt: str | Sequence[int], max_tokens: int) -> list[int]:
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            tokens = [self.bos_id]
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt of {len(tokens)} tokens does not fit the context window of {self.n_ctx}"
+            )
+        return tokens
+
+    def stream(
+        self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(),
+        stats: StreamStats | None = None,
+    ) -> Iterator[Token]:
+        """Yield tokens as they are sampled. Stops at EOS, a stop string, max_tokens or the context end."""
+        stats = stats if stats is not None else StreamStats()
+        tokens = self._prepare(prompt, params.max_tokens)
+        stats.prompt_tokens = len(tokens)
+        budget = min(params.max_tokens, self.n_ctx - len(tokens))
+        if params.seed is not None:
+            self._llm.set_seed(params.seed)
+        greedy = params.temperature <= 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = tuple(s for s in params.stop if s)
+        held = ""  # text withheld because it may be the start of a stop string
+        t0 = time.perf_counter()
+        stats.finish_reason = "length"
+        if budget <= 0:
+            stats.total_s = time.perf_counter() - t0
+            return
+        gen = self._llm.generate(
+            tokens,
+            top_k=1 if greedy else params.top_k,
+            top_p=1.0 if greedy else params.top_p,
+            min_p=0.0 if greedy else params.min_p,
+            temp=0.0 if greedy else params.temperature,
+            repeat_penalty=params.repeat_penalty,
+            reset=True,
+        )
+        try:
+            piece_of = self._token_bytes
+            for tok in gen:
+                now = time.perf_counter()
+                if stats.ttft_s is None:
+                    stats.ttft_s = now - t0
+                if tok in self._eog and not params.ignore_eos:
+                    stats.finish_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                lp = self._last_logprob(tok) if params.logprobs else None
+                if lp is not None:
+                    stats.token_logprobs.append(lp)
+                piece = decoder.decode(piece_of(tok))
+                text = held + piece
+                held = ""
+                if stops:
+                    cut = _find_stop(text, stops)
+                    if cut is not None:
+                        if text[:cut]:
+                            yield Token(tok, text[:cut], lp)
+                        stats.finish_reason = "stop"
+                        break
+                    keep = _stop_prefix_len(text, stops)
+                    if keep:
+                        text, held = text[:-keep], text[-keep:]
+                yield Token(tok, text, lp)
+                if stats.completion_tokens >= budget:
+                    break
+            if stats.finish_reason == "length" and held:
+                yield Token(-1, held)
+        finally:
+            gen.close()
+            stats.total_s = time.perf_counter() - t0
+
+    def complete(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams()) -> Completion:
+        stats = StreamStats()
+        text = "".join(t.text for t in self.stream(prompt, params, stats))
+        return Completion(
+            text=text,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            finish_reason=stats.finish_reason or "length",
+            ttft_s=stats.ttft_s or 0.0,
+            total_s=stats.total_s,
+            token_logprobs=stats.token_logprobs,
+        )
+
+    def chat(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams()) -> Completion:
+        prompt, stops = self.chat_prompt(messages)
+        params = _with_stops(params, stops)
+        return self.complete(self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self)), params)
+
+    def chat_stream(
+        self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams(),
+        stats: StreamStats | None = None,
+    ) -> Iterator[Token]:
+        prompt, stops = self.chat_prompt(messages)
+        params = _with_stops(params, stops)
+        tokens = self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self))
+        return self.stream(tokens, params, stats)
+
+    def _last_logprob(self, tok: int) -> float:
+        row = np.asarray(self._llm.eval_logits[-1] if self._llm.eval_logits else self._llm.scores[self._llm.n_tokens - 1])
+        m = float(row.max())
+        return float(row[tok] - m - np.log(np.exp(row - m).sum()))
+
+    def reset(self) -> None:
+        """Forget the cached prompt prefix so the next call evaluates its prompt from scratch."""
+        self._llm.reset()
+
+    # ---- evaluation ---------------------------------------------------------------------------
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits for every position of ``tokens``, evaluated from an empty context: [n, n_vocab]."""
+        if not self.logits_all:
+            raise EngineError("this Engine was loaded without logits_all=True")
+        if len(tokens) > self.n_ctx:
+            raise ContextOverflowError(f"{len(tokens)} tokens exceed the context window of {self.n_ctx}")
+        self._llm.reset()
+        try:
+            self._llm.eval(list(tokens))
+        except Exception as exc:
+            raise EngineError(f"llama.cpp failed to evaluate {len(tokens)} tokens: {exc}") from exc
+        return np.array(self._llm.scores[: len(tokens)], dtype=np.float32, copy=True)
+
+    # ---- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._llm.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _with_stops(params: SamplingParams, extra: tuple[str, ...]) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, stop=tuple(dict.fromkeys(params.stop + extra)))
+
+
+def _starts_with_bos(prompt: str, engine: Engine) -> bool:
+    bos = engine._piece(engine.bos_id)
+    return bool(bos) and prompt.startswith(bos)
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best

