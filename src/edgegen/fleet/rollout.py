@@ -10,14 +10,21 @@ Each evaluation turns (rollout, per-device health of the current stage, now) int
     HOLD      wait: not enough devices settled or reporting yet, bake time not over, or not running
     ADVANCE   every gate holds with enough reporting devices: open the next stage
     COMPLETE  the same at the last stage: the version becomes the group's version
-    HALT      a gate is breached: stop, and send the devices the rollout touched back to the
-              previous version
+    HALT      a gate is breached: stop for good, and send the devices that installed the version to
+              the rollout's *rollback version*
+
+Devices accept only versions strictly greater than the one they run (anti-rollback, Fleet I), so
+going back means installing a newer version carrying the old bytes: the operator's tooling signs
+that rollback version when it creates the rollout (the control plane holds no signing key), and a
+halt or an abort points every touched device at it. Devices that never installed the rollout's
+version go back to what they ran before (their ``baseline``). A halted rollout cannot resume
+(its touched devices would have to go "back" to an older version number); publish a fixed version.
 
 Gates are thresholds on update failure rate, error rate, p95 latency, quality (drop of the mean
 output log-probability against the previous version's baseline) and drift alerts, each needing a
 minimum number of reporting devices (capped at the stage size, so a 1-device canary can pass).
-Operators pause, resume and abort. Everything here takes values and returns values; the control
-plane's store and its clock live elsewhere (``fleet/rollouts_store.py``). This module does no I/O.
+Operators pause, resume and abort. Everything here takes values and returns values; the store,
+clock and telemetry queries live in ``fleet/rollout_db.py``. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -35,9 +42,9 @@ from edgegen.errors import InvalidRolloutError, RolloutStateError
 class RolloutState(str, Enum):
     RUNNING = "running"
     PAUSED = "paused"  # by an operator; devices keep what they have, no stage opens
-    HALTED = "halted"  # by a breached gate; touched devices go back to the previous version
+    HALTED = "halted"  # by a breached gate; touched devices go to the rollback version
     COMPLETED = "completed"
-    ABORTED = "aborted"  # by an operator; touched devices go back to the previous version
+    ABORTED = "aborted"  # by an operator; touched devices go to the rollback version
 
 
 ACTIVE_STATES = frozenset({RolloutState.RUNNING, RolloutState.PAUSED})
@@ -138,10 +145,12 @@ class Rollout:
     id: int
     model: str
     version: int
-    previous_version: int | None  # what the group ran before; where a halt sends devices back
+    previous_version: int | None  # what (most of) the group ran before
     group: str
     stages: tuple[int, ...]
     devices: tuple[str, ...]  # the group's devices when the rollout was created
+    rollback_version: int | None = None  # newer than ``version``, carrying ``previous_version``'s bytes
+    baseline: Mapping[str, int | None] = field(default_factory=dict)  # device -> version before
     gates: tuple[Gate, ...] = DEFAULT_GATES
     state: RolloutState = RolloutState.RUNNING
     stage_index: int = 0
@@ -162,15 +171,25 @@ class Rollout:
         """Devices of the current stage (cumulative: they include every earlier stage)."""
         return stage_members(self.devices, self.salt, self.percent)
 
-    def target_for(self, device_id: str) -> int | None:
-        """The version this rollout wants on ``device_id``; None when it has no say over it."""
+    def before(self, device_id: str) -> int | None:
+        return self.baseline.get(device_id, self.previous_version)
+
+    def target_for(self, device_id: str, active_version: int | None = None) -> int | None:
+        """The version this rollout wants on ``device_id`` (running ``active_version``).
+
+        None when the device is not part of the rollout. After a halt or abort, a device that runs
+        the rollout's version (or anything newer) is sent to the rollback version; without one it
+        keeps what it runs, since devices refuse older version numbers.
+        """
         if device_id not in self.devices:
             return None
         if self.state is RolloutState.COMPLETED:
             return self.version
         if self.state in ROLLED_BACK_STATES:
-            return self.previous_version
-        return self.version if device_id in self.members() else self.previous_version
+            if active_version is not None and active_version >= self.version:
+                return self.rollback_version if self.rollback_version is not None else active_version
+            return self.before(device_id)
+        return self.version if device_id in self.members() else self.before(device_id)
 
 
 # ---- what the store observed about the stage's devices -------------------------------------------
@@ -323,13 +342,14 @@ def pause(rollout: Rollout, reason: str = "paused by operator") -> Rollout:
 
 
 def resume(rollout: Rollout, now: float) -> Rollout:
-    """Run again; after a halt the current stage is re-measured from ``now``."""
-    if rollout.state not in (RolloutState.PAUSED, RolloutState.HALTED):
+    """Run again after an operator pause; the current stage is re-measured from ``now``."""
+    if rollout.state is not RolloutState.PAUSED:
         raise RolloutStateError(
-            f"rollout {rollout.id} is {rollout.state.value}; only a paused or halted one can resume."
+            f"rollout {rollout.id} is {rollout.state.value}; only a paused one can resume"
+            + (" (a halted rollout has rolled back: publish a fixed version)." if
+               rollout.state is RolloutState.HALTED else ".")
         )
-    started = now if rollout.state is RolloutState.HALTED else rollout.stage_started_at
-    return replace(rollout, state=RolloutState.RUNNING, stage_started_at=started, reason="")
+    return replace(rollout, state=RolloutState.RUNNING, stage_started_at=now, reason="")
 
 
 def abort(rollout: Rollout, reason: str = "aborted by operator") -> Rollout:
@@ -338,13 +358,29 @@ def abort(rollout: Rollout, reason: str = "aborted by operator") -> Rollout:
     return replace(rollout, state=RolloutState.ABORTED, reason=reason)
 
 
-def desired_version(device_id: str, rollouts: Iterable[Rollout], fallback: int | None) -> int | None:
-    """The version a device should run: the newest rollout that covers it decides, else ``fallback``.
+def held_versions(rollouts: Iterable[Rollout]) -> set[int]:
+    """Versions only a rollout may hand out: unfinished targets and every rollback version."""
+    held: set[int] = set()
+    for r in rollouts:
+        if r.state is not RolloutState.COMPLETED:
+            held.add(r.version)
+        if r.rollback_version is not None:
+            held.add(r.rollback_version)
+    return held
 
-    ``rollouts`` are one model's rollouts; the newest (highest id) that includes the device wins.
+
+def desired_version(device_id: str, active_version: int | None, rollouts: Iterable[Rollout],
+                    published: Iterable[int]) -> int | None:
+    """The version a device should run, given one model's rollouts and published version numbers.
+
+    The newest rollout (highest id) that includes the device decides. Devices outside every
+    rollout follow the newest published version that no rollout holds back (``held_versions``).
     """
+    rollouts = list(rollouts)
     for r in sorted(rollouts, key=lambda r: r.id, reverse=True):
-        target = r.target_for(device_id)
-        if target is not None or device_id in r.devices:
-            return target if target is not None else fallback
-    return fallback
+        if device_id in r.devices:
+            target = r.target_for(device_id, active_version)
+            return target if target is not None else active_version
+    held = held_versions(rollouts)
+    free = [v for v in published if v not in held]
+    return max(free) if free else None

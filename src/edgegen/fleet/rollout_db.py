@@ -1,0 +1,241 @@
+"""Rollouts in the control plane's database: tables, creation, the desired-version policy, health.
+
+    RolloutRow / RolloutEventRow   the rollout and its history (created, advance, halt, pause...)
+    select_devices(session, model, selector)   a group: ``all``, ``key=value`` (a label) or a group name
+    create_rollout(session, spec, now)         validate and snapshot the group -> ``Rollout``
+    rollout_resolver(session, device)          Fleet I's ``DesiredResolver`` seam, rollout-aware
+    stage_health(session, rollout)             per-device ``DeviceHealth`` of the current stage
+    to_domain / save                           row <-> the pure ``fleet.rollout.Rollout``
+
+The decisions themselves are pure (``fleet/rollout.py``); the loop that applies them is
+``fleet/rollout_ctl.py``. This module opens no sockets and starts no threads.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from edgegen.errors import InvalidRolloutError
+from edgegen.fleet.db import Base, Device, DeviceEvent, EventKind, Model, ModelVersion, UTCDateTime, utcnow
+from edgegen.fleet.registry import get_version
+from edgegen.fleet.rollout import (
+    ACTIVE_STATES,
+    DEFAULT_GATES,
+    Baseline,
+    DeviceHealth,
+    Gate,
+    GateMetric,
+    Rollout,
+    RolloutState,
+    desired_version,
+    parse_stages,
+)
+from edgegen.telemetry import store as tstore
+
+FAILED_KINDS = (EventKind.HEALTH_FAILED.value, EventKind.UPDATE_REFUSED.value)
+
+
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    previous_version: Mapped[int | None] = mapped_column(Integer)
+    rollback_version: Mapped[int | None] = mapped_column(Integer)
+    group: Mapped[str] = mapped_column("group_name", String(200))
+    stages: Mapped[list[int]] = mapped_column(JSON)
+    gates: Mapped[list[str]] = mapped_column(JSON)
+    devices: Mapped[list[str]] = mapped_column(JSON)
+    baseline: Mapped[dict[str, int | None]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    stage_index: Mapped[int] = mapped_column(Integer, default=0)
+    stage_started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    bake_s: Mapped[float] = mapped_column(Float, default=0.0)
+    settle_fraction: Mapped[float] = mapped_column(Float, default=1.0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    last_decision: Mapped[str] = mapped_column(Text, default="")  # why it holds, for the dashboard
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RolloutEventRow(Base):
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))  # created | advance | complete | halt | pause | ...
+    stage_index: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    readings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+def _epoch(t: datetime) -> float:
+    return t.timestamp()
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, tz=timezone.utc)
+
+
+def to_domain(row: RolloutRow) -> Rollout:
+    return Rollout(
+        id=row.id, model=row.model, version=row.version, previous_version=row.previous_version,
+        group=row.group, stages=tuple(row.stages), devices=tuple(row.devices),
+        rollback_version=row.rollback_version, baseline=dict(row.baseline or {}),
+        gates=tuple(Gate.parse(g) for g in row.gates), state=RolloutState(row.state),
+        stage_index=row.stage_index, stage_started_at=_epoch(row.stage_started_at), bake_s=row.bake_s,
+        settle_fraction=row.settle_fraction, reason=row.reason or "",
+    )
+
+
+def save(row: RolloutRow, r: Rollout) -> None:
+    row.state = r.state.value
+    row.stage_index = r.stage_index
+    row.stage_started_at = _dt(r.stage_started_at)
+    row.reason = r.reason
+    row.updated_at = utcnow()
+
+
+def log_event(session: Session, r: Rollout, action: str, reason: str = "",
+              readings: list[dict[str, Any]] | None = None) -> None:
+    session.add(RolloutEventRow(rollout_id=r.id, action=action, stage_index=r.stage_index, percent=r.percent,
+                                reason=reason, readings=readings or []))
+
+
+def rollouts_of(session: Session, model: str) -> list[Rollout]:
+    return [to_domain(r) for r in session.scalars(select(RolloutRow).where(RolloutRow.model == model))]
+
+
+def published_versions(session: Session, model: str) -> list[int]:
+    return list(session.scalars(select(ModelVersion.version).join(Model).where(Model.name == model)))
+
+
+# ---- the desired-version policy (Fleet I's ``DesiredResolver`` seam) --------------------------------
+
+
+def desired_number(session: Session, device: Device) -> int | None:
+    if not device.model_name:
+        return None
+    return desired_version(device.id, device.active_version, rollouts_of(session, device.model_name),
+                           published_versions(session, device.model_name))
+
+
+def rollout_resolver(session: Session, device: Device) -> ModelVersion | None:
+    number = desired_number(session, device)
+    return get_version(session, device.model_name, number) if number is not None and device.model_name else None
+
+
+# ---- creation ----------------------------------------------------------------------------------
+
+
+def select_devices(session: Session, model: str, selector: str) -> list[Device]:
+    q = select(Device).where(Device.model_name == model, Device.revoked_at.is_(None))
+    devices = list(session.scalars(q))
+    if selector in ("all", "*"):
+        return devices
+    if "=" in selector:
+        key, _, value = selector.partition("=")
+        return [d for d in devices if d.labels.get(key.strip()) == value.strip()]
+    return [d for d in devices if d.group == selector]
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    model: str
+    version: int
+    group: str
+    stages: tuple[int, ...] = (10, 50, 100)
+    gates: tuple[Gate, ...] = DEFAULT_GATES
+    rollback_version: int | None = None
+    bake_s: float = 0.0
+    settle_fraction: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def create_rollout(session: Session, spec: RolloutSpec, now: datetime | None = None) -> Rollout:
+    """Check the spec against the registry and the fleet, snapshot the group, store; caller commits."""
+    now = now or utcnow()
+    stages = parse_stages(spec.stages)
+    if not 0 < spec.settle_fraction <= 1 or spec.bake_s < 0:
+        raise InvalidRolloutError("settle fraction must be in (0, 1] and bake time >= 0.")
+    target = get_version(session, spec.model, spec.version)
+    if target is None:
+        raise InvalidRolloutError(f"{spec.model} v{spec.version} is not published.")
+    active = [r for r in rollouts_of(session, spec.model) if r.state in ACTIVE_STATES]
+    if active:
+        raise InvalidRolloutError(
+            f"{spec.model} already has rollout {active[0].id} {active[0].state.value}; pause or abort it first.")
+    devices = select_devices(session, spec.model, spec.group)
+    if not devices:
+        raise InvalidRolloutError(f"no enrolled device in group {spec.group!r} follows {spec.model}.")
+    baseline = {d.id: desired_number(session, d) for d in devices}
+    ahead = [d.id for d in devices if max(d.active_version or 0, baseline[d.id] or 0) >= spec.version]
+    if ahead:
+        raise InvalidRolloutError(
+            f"{len(ahead)} device(s) already run or are meant to run v{spec.version} or newer (e.g. {ahead[0]}).")
+    counts = Counter(v for v in baseline.values() if v is not None)
+    previous = counts.most_common(1)[0][0] if counts else None
+    if spec.rollback_version is not None:
+        rb = get_version(session, spec.model, spec.rollback_version)
+        if rb is None or spec.rollback_version <= spec.version:
+            raise InvalidRolloutError(
+                f"rollback version v{spec.rollback_version} must be published and newer than v{spec.version}.")
+        prev_row = get_version(session, spec.model, previous) if previous is not None else None
+        if prev_row is not None and rb.sha256 != prev_row.sha256:
+            raise InvalidRolloutError(
+                f"rollback version v{spec.rollback_version} does not carry v{previous}'s bytes.")
+    row = RolloutRow(
+        model=spec.model, version=spec.version, previous_version=previous, rollback_version=spec.rollback_version,
+        group=spec.group, stages=list(stages), gates=[str(g) for g in spec.gates],
+        devices=sorted(d.id for d in devices), baseline=baseline, state=RolloutState.RUNNING.value,
+        stage_index=0, stage_started_at=now, bake_s=spec.bake_s, settle_fraction=spec.settle_fraction,
+        reason="", last_decision="", created_at=now, updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    r = to_domain(row)
+    log_event(session, r, "created", f"{len(devices)} devices, stages {','.join(map(str, stages))}")
+    return r
+
+
+# ---- what the stage looks like --------------------------------------------------------------------
+
+
+def failed_devices(session: Session, device_ids: list[str], version: int, since: datetime) -> set[str]:
+    q = select(DeviceEvent.device_id).where(
+        DeviceEvent.device_id.in_(device_ids), DeviceEvent.version == version,
+        DeviceEvent.kind.in_(FAILED_KINDS), DeviceEvent.at >= since)
+    return {d for d in session.scalars(q) if d is not None}
+
+
+def stage_health(session: Session, r: Rollout, created_at: datetime) -> tuple[list[DeviceHealth], Baseline]:
+    members = r.members()
+    rows = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(members)))}
+    failed = failed_devices(session, members, r.version, created_at - timedelta(seconds=1))
+    since = _dt(r.stage_started_at)
+    health = []
+    for dev_id in members:
+        dev = rows.get(dev_id)
+        on = dev is not None and dev.active_version == r.version
+        win = tstore.request_window(session, dev_id, r.version, since) if on else None
+        health.append(DeviceHealth(
+            device_id=dev_id, on_target=on, update_failed=(dev_id in failed and not on),
+            requests=win.requests if win else 0, errors=win.errors if win else 0,
+            latencies_ms=win.latencies_ms if win else (), logprob_sum=win.logprob_sum if win else 0.0,
+            logprob_n=win.logprob_n if win else 0,
+            drift_alert=on and tstore.drift_alert_since(session, dev_id, r.version, since),
+        ))
+    baseline = Baseline()
+    if any(g.metric is GateMetric.LOGPROB_DROP for g in r.gates) and r.previous_version is not None:
+        baseline = Baseline(tstore.mean_logprob(session, list(r.devices), r.previous_version,
+                                                created_at - timedelta(days=1)))
+    return health, baseline

@@ -1,0 +1,95 @@
+"""Device-facing API (every route needs a device credential, see ``auth.DeviceDep``).
+
+    GET  /v1/device/me                          the device's own record
+    GET  /v1/device/desired                     which model version it should run (unsigned hint:
+                                                the agent trusts only the manifest it then fetches)
+    GET  /v1/device/manifests/{name}/{version}  the signed manifest, byte for byte as published
+    GET  /v1/device/blobs/{sha256}              an artifact or transfer blob; HTTP Range supported
+    POST /v1/device/report                      an ``EventKind`` report (installed, refused, ...)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgegen.fleet.auth import DeviceDep, PlaneDep, SessionDep
+from edgegen.fleet.db import DeviceEvent, EventKind
+from edgegen.fleet.registry import BlobStore, blob_is_published, current_root, get_version
+
+router = APIRouter(prefix="/v1/device", tags=["device"])
+
+
+def device_view(device: Any) -> dict[str, Any]:
+    return {
+        "id": device.id, "name": device.name, "group": device.group, "labels": device.labels,
+        "model": device.model_name, "active_version": device.active_version,
+        "active_sha256": device.active_sha256, "status": device.status, "last_error": device.last_error,
+        "revoked": device.revoked, "last_seen_at": device.last_seen_at.isoformat() if device.last_seen_at else None,
+    }
+
+
+@router.get("/me")
+def me(device: DeviceDep) -> dict[str, Any]:
+    return device_view(device)
+
+
+@router.get("/desired")
+def desired(device: DeviceDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+    version = plane.desired_resolver(session, device)
+    root = current_root(session)
+    return {
+        "model": device.model_name,
+        "version": version.version if version is not None else None,
+        "manifest_url": (f"/v1/device/manifests/{device.model_name}/{version.version}" if version else None),
+        "root_version": root[0].version if root else None,
+    }
+
+
+@router.get("/manifests/{name}/{version}")
+def manifest(name: str, version: int, _device: DeviceDep, session: SessionDep) -> Response:
+    row = get_version(session, name, version)
+    if row is None:
+        raise HTTPException(404, f"no version {version} of {name!r}")
+    return Response(row.envelope, media_type="application/json")
+
+
+@router.get("/blobs/{sha256}")
+def blob(sha256: str, _device: DeviceDep, session: SessionDep, plane: PlaneDep) -> FileResponse:
+    store = BlobStore(plane.blobs_dir)
+    if not blob_is_published(session, sha256) or not store.has(sha256):
+        raise HTTPException(404, "no such blob")
+    return FileResponse(store.path(sha256), media_type="application/octet-stream")
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: EventKind
+    ok: bool = True
+    version: int | None = None
+    active_version: int | None = None
+    active_sha256: str | None = Field(default=None, max_length=64)
+    status: str | None = Field(default=None, max_length=40)
+    reason: str | None = Field(default=None, max_length=4000)
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post("/report", status_code=201)
+def report(body: Report, device: DeviceDep, session: SessionDep) -> dict[str, Any]:
+    if len(json.dumps(body.detail)) > 16_000:
+        raise HTTPException(413, "report detail too large")
+    event = DeviceEvent(device_id=device.id, kind=body.kind.value, ok=body.ok, model_name=device.model_name,
+                        version=body.version, reason=body.reason, detail=body.detail)
+    session.add(event)
+    if body.active_version is not None:
+        device.active_version = body.active_version
+        device.active_sha256 = body.active_sha256
+    if body.status is not None:
+        device.status = body.status
+    device.last_error = None if body.ok else body.reason
+    session.commit()
+    return {"id": event.id}
