@@ -1,0 +1,9 @@
+"""CLI commands for the fleet capability."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Nothing registered yet."""
