@@ -1,0 +1,147 @@
+"""``convert_model``: a Hugging Face Llama-family folder, or a quantized GGUF, to an F16/F32 GGUF.
+
+    convert_model(src, out, dtype="f16", progress=None) -> out
+
+``src`` a folder (config.json + *.safetensors + tokenizer files): the weights are mapped onto
+llama.cpp's tensor names (``hf_llama``: llama, mistral, qwen2), the tokenizer exported
+(``tokenizer``: SentencePiece or byte-level BPE) with its special tokens and chat template. 2-D
+weights are written in ``dtype``, 1-D tensors (norms, biases) stay F32. Tied embeddings are left
+tied (no ``output.weight``: llama.cpp reuses ``token_embd``).
+
+``src`` a GGUF file: every tensor dequantized with gguf-py's reference code, metadata carried over
+(``dequant``). The result is the full-precision reference the quantizers are compared against.
+
+Errors (all ``UserInputError`` subclasses, one sentence each): a missing ``src`` ->
+ModelNotFoundError; a folder without config.json, a truncated or non-GGUF file -> InvalidModelError;
+an architecture or tokenizer we do not map -> UnsupportedArchitectureError; an output that is a
+directory, under a read-only folder, or the source itself -> OutputError. The output is written
+atomically (``gguf_write``): a failed conversion never leaves a file at ``out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import InvalidModelError, ModelNotFoundError, OutputError, UserInputError
+from edgegen.formats import dequant, hf_llama, tokenizer
+from edgegen.formats.gguf_file import field_value, open_reader, validate_gguf
+from edgegen.formats.gguf_write import PlannedTensor, prepare_output, write_gguf
+from edgegen.formats.hf_folder import FLOAT_DTYPES, index_tensors, read_json
+
+__all__ = ["convert_model", "DTYPES"]
+
+DTYPES = ("f16", "f32")
+Progress = Callable[[int, int], None]
+
+
+def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progress | None = None) -> Path:
+    """Convert ``src`` (HF folder or GGUF file) to an F16/F32 GGUF at ``out``; returns ``out``."""
+    if dtype not in DTYPES:
+        raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise ModelNotFoundError(f"model not found: {src}")
+    prepare_output(out)
+    if out.exists() and out.resolve() == src.resolve():
+        raise OutputError(f"the output {out} is the source itself; choose another file name")
+    if src.is_dir():
+        return _convert_hf_folder(src, out, dtype, progress)
+    return _dequantize_gguf(src, out, dtype, progress)
+
+
+# ---- GGUF -> F16/F32 GGUF ----------------------------------------------------------------------
+
+
+def _dequantize_gguf(src: Path, out: Path, dtype: str, progress: Progress | None) -> Path:
+    reader = validate_gguf(src) or open_reader(src)  # newer validate_gguf returns the reader it opened
+    arch = field_value(reader, "general.architecture")
+    if not arch:
+        raise InvalidModelError(f"{src} has no general.architecture; it is not a model GGUF")
+    plan = dequant.plan_tensors(reader, dtype)
+    add_metadata = dequant.metadata_copier(reader, dequant.file_type_for(dtype))
+    return write_gguf(out, str(arch), add_metadata, plan, progress)
+
+
+# ---- Hugging Face folder -> GGUF ---------------------------------------------------------------
+
+
+def _order(name: str) -> tuple[int, int, str]:
+    """token_embd first, then blocks in order, then the output head (the order llama.cpp writes)."""
+    m = re.match(r"blk\.(\d+)\.", name)
+    if m:
+        return (1, int(m.group(1)), name)
+    return (0 if name.startswith(("token_embd", "rope_freqs")) else 2, 0, name)
+
+
+def _check_shape(name: str, shape: tuple[int, ...], hp: hf_llama.LlamaHParams) -> None:
+    want = {
+        "attn_q.weight": (hp.n_head * hp.head_dim, hp.n_embd),
+        "attn_k.weight": (hp.n_head_kv * hp.head_dim, hp.n_embd),
+        "attn_v.weight": (hp.n_head_kv * hp.head_dim, hp.n_embd),
+        "attn_output.weight": (hp.n_embd, hp.n_head * hp.head_dim),
+        "ffn_gate.weight": (hp.n_ff, hp.n_embd),
+        "ffn_up.weight": (hp.n_ff, hp.n_embd),
+        "ffn_down.weight": (hp.n_embd, hp.n_ff),
+        "attn_norm.weight": (hp.n_embd,),
+        "ffn_norm.weight": (hp.n_embd,),
+        "output_norm.weight": (hp.n_embd,),
+        "token_embd.weight": (hp.vocab_size, hp.n_embd),
+        "output.weight": (hp.vocab_size, hp.n_embd),
+    }.get(name.split(".", 2)[-1] if name.startswith("blk.") else name)
+    if want is not None and shape != want:
+        raise InvalidModelError(f"tensor {name} has shape {shape}; config.json implies {want}")
+
+
+def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | None) -> Path:
+    cfg_path = src / "config.json"
+    if not cfg_path.exists():
+        raise InvalidModelError(f"{src} has no config.json, so it is not a Hugging Face model folder")
+    cfg = read_json(cfg_path)
+    hp = hf_llama.parse_config(cfg)
+    refs = index_tensors(src)
+    embd = refs.get("model.embed_tokens.weight")
+    if embd is None or len(embd.shape) != 2:
+        raise InvalidModelError(f"{src} has no 2-D model.embed_tokens.weight tensor")
+    hp = dataclasses.replace(hp, vocab_size=embd.shape[0])  # the embedding rows are the truth
+    vocab = tokenizer.load_vocab(src, cfg, hp.vocab_size)
+
+    want = np.float16 if dtype == "f16" else np.float32
+    plan: list[PlannedTensor] = []
+    for hf_name, ref in refs.items():
+        name = hf_llama.gguf_name(hf_name, hp)
+        if name is None:
+            continue
+        if ref.dtype not in FLOAT_DTYPES:
+            raise InvalidModelError(f"tensor {hf_name} is {ref.dtype}; only float weights can be converted")
+        _check_shape(name, ref.shape, hp)
+        out_dtype = np.float32 if len(ref.shape) == 1 else want
+        plan.append(PlannedTensor(
+            name, ref.shape, np.dtype(out_dtype),
+            lambda ref=ref, name=name, out_dtype=out_dtype: hf_llama.prepare(
+                name, np.asarray(ref.load(), dtype=np.float32), hp).astype(out_dtype, copy=False),
+        ))
+    names = {t.name for t in plan}
+    if "output.weight" not in names and hp.tie_embeddings is False:
+        raise InvalidModelError(f"{src} has no lm_head.weight and config.json says embeddings are not tied")
+    missing = [n for n in hf_llama.expected_names(hp, "output.weight" in names) if n not in names]
+    if missing:
+        raise InvalidModelError(f"{src} is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
+    factors = hf_llama.rope_freq_factors(hp)
+    if factors is not None:
+        plan.append(PlannedTensor("rope_freqs.weight", factors.shape, np.dtype(np.float32), lambda: factors))
+    plan.sort(key=lambda t: _order(t.name))
+
+    def add_metadata(writer: Any) -> None:
+        writer.add_type("model")
+        writer.add_name(src.resolve().name)
+        hf_llama.write_hparams(writer, hp)
+        writer.add_file_type(dequant.file_type_for(dtype))
+        tokenizer.write_vocab(writer, vocab)
+
+    return write_gguf(out, hp.arch, add_metadata, plan, progress)
