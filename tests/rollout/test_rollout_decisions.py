@@ -21,6 +21,7 @@ from edgegen.fleet.rollout import (
     apply,
     decide,
     desired_version,
+    held_versions,
     parse_stages,
     pause,
     percentile,
@@ -155,7 +156,7 @@ def test_update_failure_halts() -> None:
     assert d.action is Action.HALT and "update_failure_rate=1" in d.reason
     r = apply(r, d, now=1.0)
     assert r.state is RolloutState.HALTED
-    assert r.target_for(canary) == 1  # back to the previous version
+    assert r.target_for(canary, active_version=1) == 1  # never installed it: stays where it was
 
 
 def test_error_rate_breach_halts() -> None:
@@ -234,26 +235,36 @@ def test_pause_holds_and_resume_continues() -> None:
     with pytest.raises(RolloutStateError):
         pause(r)
     r = resume(r, now=5.0)
-    assert r.state is RolloutState.RUNNING and r.stage_started_at == 0.0
+    assert r.state is RolloutState.RUNNING and r.stage_started_at == 5.0  # the stage is re-measured
     assert decide(r, [healthy(canary)], 6.0).action is Action.ADVANCE
 
 
-def test_resume_after_halt_remeasures_the_stage() -> None:
-    r = make()
+def test_halt_sends_installed_devices_to_the_rollback_version() -> None:
+    r = make(rollback_version=3)
     (canary,) = r.members()
     r = apply(r, decide(r, [healthy(canary, errors=9)], 1.0), 1.0)
-    assert r.state is RolloutState.HALTED
-    r = resume(r, now=50.0)
-    assert r.state is RolloutState.RUNNING and r.stage_started_at == 50.0 and r.stage_index == 0
-    assert r.target_for(canary) == 2
+    assert r.state is RolloutState.HALTED and "error_rate" in r.reason
+    assert r.target_for(canary, active_version=2) == 3  # v3 carries v1's bytes, newer than v2
+    assert r.target_for(canary, active_version=3) == 3  # already rolled back: stays
+    others = [d for d in DEVICES if d != canary]
+    assert {r.target_for(d, active_version=1) for d in others} == {1}  # never received v2
+    with pytest.raises(RolloutStateError, match="publish a fixed version"):
+        resume(r, now=50.0)
+
+
+def test_halt_without_rollback_version_keeps_what_devices_run() -> None:
+    r = make(rollback_version=None, state=RolloutState.HALTED)
+    (canary,) = r.members()
+    assert r.target_for(canary, active_version=2) == 2  # nothing newer to go to: never "downgrade"
 
 
 def test_abort_rolls_back_every_touched_device() -> None:
-    r = replace(make(), stage_index=1)
+    r = replace(make(rollback_version=3), stage_index=1)
     touched = r.members()
     r = abort(r)
     assert r.state is RolloutState.ABORTED
-    assert {r.target_for(d) for d in touched} == {1}
+    assert {r.target_for(d, active_version=2) for d in touched} == {3}
+    assert {r.target_for(d, active_version=1) for d in touched} == {1}
     with pytest.raises(RolloutStateError):
         resume(r, 1.0)
     with pytest.raises(RolloutStateError):
@@ -270,15 +281,36 @@ def test_targets_during_a_running_rollout() -> None:
     assert r.target_for("not-in-group") is None
 
 
+def test_per_device_baseline() -> None:
+    r = make(baseline={DEVICES[0]: 1, DEVICES[1]: 4})
+    outsiders = [d for d in DEVICES[:2] if d not in r.members()]
+    for d in outsiders:
+        assert r.target_for(d) == (1 if d == DEVICES[0] else 4)
+
+
 def test_desired_version_newest_rollout_wins() -> None:
-    done = make(id=1, version=2, previous_version=1, state=RolloutState.COMPLETED)
-    running = make(id=2, version=3, previous_version=2)
+    done = make(id=1, version=2, previous_version=1, rollback_version=3, state=RolloutState.COMPLETED)
+    running = make(id=2, version=4, previous_version=2, rollback_version=5)
+    published = [1, 2, 3, 4, 5]
     (canary,) = running.members()
     other = next(d for d in DEVICES if d != canary)
-    assert desired_version(canary, [done, running], fallback=1) == 3
-    assert desired_version(other, [done, running], fallback=1) == 2
-    assert desired_version("newcomer", [done, running], fallback=1) == 1
+    assert desired_version(canary, 2, [done, running], published) == 4
+    assert desired_version(other, 2, [done, running], published) == 2
+    # a device outside every rollout gets the newest version nobody holds back: not the running
+    # rollout's v4, not the rollback copies v3/v5
+    assert held_versions([done, running]) == {3, 4, 5}
+    assert desired_version("newcomer", None, [done, running], published) == 2
+    assert desired_version("newcomer", None, [], published) == 5
     halted = replace(running, state=RolloutState.HALTED)
-    assert desired_version(canary, [done, halted], fallback=1) == 2
-    first = make(id=3, previous_version=None, state=RolloutState.ABORTED)
-    assert desired_version(canary, [first], fallback=None) is None
+    assert desired_version(canary, 4, [done, halted], published) == 5
+    assert desired_version(other, 2, [done, halted], published) == 2
+    first = make(id=3, previous_version=None, baseline={}, state=RolloutState.ABORTED)
+    assert desired_version(canary, None, [first], [2]) is None
+
+
+def test_staged_model_ships_new_versions_only_through_rollouts() -> None:
+    running = make(id=2, version=4, previous_version=2, rollback_version=5)
+    # v6 is published but no rollout ships it: a newcomer gets the released version, not v6
+    assert desired_version("newcomer", None, [running], [1, 2, 3, 4, 5, 6], staged=True, released=2) == 2
+    assert desired_version("newcomer", None, [running], [1, 2, 3, 4, 5, 6]) == 6  # not staged
+    assert desired_version("newcomer", None, [], [1], staged=True, released=None) is None

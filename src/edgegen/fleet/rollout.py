@@ -23,7 +23,9 @@ version go back to what they ran before (their ``baseline``). A halted rollout c
 Gates are thresholds on update failure rate, error rate, p95 latency, quality (drop of the mean
 output log-probability against the previous version's baseline) and drift alerts, each needing a
 minimum number of reporting devices (capped at the stage size, so a 1-device canary can pass).
-Operators pause, resume and abort. Everything here takes values and returns values; the store,
+Operators pause, resume and abort. A model becomes *staged* with its first rollout (or by the
+operator's choice): from then on a newly published version reaches no device until a rollout
+ships it. Everything here takes values and returns values; the store,
 clock and telemetry queries live in ``fleet/rollout_db.py``. This module does no I/O.
 """
 
@@ -370,17 +372,22 @@ def held_versions(rollouts: Iterable[Rollout]) -> set[int]:
 
 
 def desired_version(device_id: str, active_version: int | None, rollouts: Iterable[Rollout],
-                    published: Iterable[int]) -> int | None:
+                    published: Iterable[int], *, staged: bool = False,
+                    released: int | None = None) -> int | None:
     """The version a device should run, given one model's rollouts and published version numbers.
 
-    The newest rollout (highest id) that includes the device decides. Devices outside every
-    rollout follow the newest published version that no rollout holds back (``held_versions``).
+    The newest rollout (highest id) that includes the device decides. A device outside every
+    rollout follows, for a *staged* model (one whose new versions only ship through rollouts), the
+    ``released`` version (the last completed rollout's, or what the fleet ran when the model became
+    staged); otherwise the newest published version that no rollout holds back (``held_versions``).
     """
     rollouts = list(rollouts)
     for r in sorted(rollouts, key=lambda r: r.id, reverse=True):
         if device_id in r.devices:
             target = r.target_for(device_id, active_version)
             return target if target is not None else active_version
+    if staged:
+        return released
     held = held_versions(rollouts)
     free = [v for v in published if v not in held]
     return max(free) if free else None

@@ -1,6 +1,8 @@
 """Rollouts in the control plane's database: tables, creation, the desired-version policy, health.
 
     RolloutRow / RolloutEventRow   the rollout and its history (created, advance, halt, pause...)
+    RolloutPolicy                  per model: staged (new versions ship only through rollouts) and
+                                   the released version devices outside rollouts follow
     select_devices(session, model, selector)   a group: ``all``, ``key=value`` (a label) or a group name
     create_rollout(session, spec, now)         validate and snapshot the group -> ``Rollout``
     rollout_resolver(session, device)          Fleet I's ``DesiredResolver`` seam, rollout-aware
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, select
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgegen.errors import InvalidRolloutError
@@ -34,6 +36,7 @@ from edgegen.fleet.rollout import (
     Rollout,
     RolloutState,
     desired_version,
+    held_versions,
     parse_stages,
 )
 from edgegen.telemetry import store as tstore
@@ -76,6 +79,15 @@ class RolloutEventRow(Base):
     percent: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text, default="")
     readings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class RolloutPolicy(Base):
+    __tablename__ = "rollout_policies"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    staged: Mapped[bool] = mapped_column(Boolean, default=True)
+    released_version: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def _epoch(t: datetime) -> float:
@@ -125,8 +137,34 @@ def published_versions(session: Session, model: str) -> list[int]:
 def desired_number(session: Session, device: Device) -> int | None:
     if not device.model_name:
         return None
+    pol = session.get(RolloutPolicy, device.model_name)
     return desired_version(device.id, device.active_version, rollouts_of(session, device.model_name),
-                           published_versions(session, device.model_name))
+                           published_versions(session, device.model_name),
+                           staged=bool(pol and pol.staged), released=pol.released_version if pol else None)
+
+
+def set_staged(session: Session, model: str, staged: bool, below: int | None = None) -> RolloutPolicy:
+    """Stage (or un-stage) ``model``; on staging, the released version is what devices outside
+    rollouts follow now (the newest free version, below ``below`` when a rollout of it is starting)."""
+    pol = session.get(RolloutPolicy, model)
+    if pol is None:
+        pol = RolloutPolicy(model=model, staged=False, released_version=None)
+        session.add(pol)
+    if staged and not pol.staged:
+        held = held_versions(rollouts_of(session, model))
+        free = [v for v in published_versions(session, model) if v not in held and (below is None or v < below)]
+        pol.released_version = max(free) if free else None
+    pol.staged = staged
+    pol.updated_at = utcnow()
+    session.flush()
+    return pol
+
+
+def mark_released(session: Session, model: str, version: int) -> None:
+    pol = session.get(RolloutPolicy, model)
+    if pol is not None and (pol.released_version or 0) < version:
+        pol.released_version = version
+        pol.updated_at = utcnow()
 
 
 def rollout_resolver(session: Session, device: Device) -> ModelVersion | None:
@@ -177,8 +215,9 @@ def create_rollout(session: Session, spec: RolloutSpec, now: datetime | None = N
     devices = select_devices(session, spec.model, spec.group)
     if not devices:
         raise InvalidRolloutError(f"no enrolled device in group {spec.group!r} follows {spec.model}.")
+    set_staged(session, spec.model, True, below=spec.version)  # from now on, versions ship by rollout
     baseline = {d.id: desired_number(session, d) for d in devices}
-    ahead = [d.id for d in devices if max(d.active_version or 0, baseline[d.id] or 0) >= spec.version]
+    ahead = [d.id for d in devices if (d.active_version or 0) > spec.version or (baseline[d.id] or 0) >= spec.version]
     if ahead:
         raise InvalidRolloutError(
             f"{len(ahead)} device(s) already run or are meant to run v{spec.version} or newer (e.g. {ahead[0]}).")
