@@ -131,7 +131,7 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
         raise InvalidModelError(f"{src} has no lm_head.weight and config.json says embeddings are not tied")
     missing = [n for n in hf_llama.expected_names(hp, "output.weight" in names) if n not in names]
     if missing:
-        raise InvalidModelError(f"{src} is missing {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
+        raise InvalidModelError(f"{src} lacks {len(missing)} tensor(s) llama.cpp needs, e.g. {', '.join(missing[:3])}")
     factors = hf_llama.rope_freq_factors(hp)
     if factors is not None:
         plan.append(PlannedTensor("rope_freqs.weight", factors.shape, np.dtype(np.float32), lambda: factors))

@@ -46,6 +46,8 @@ def prepare_output(out: Path) -> Path:
         raise OutputError(f"output {out} is a directory; give a file name such as {out / 'model.gguf'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputError(f"cannot write {out}: a file stands where its folder should be") from exc
     except OSError as exc:
         raise OutputError(f"cannot create the output folder {out.parent}: {exc.strerror or exc}") from exc
     if not out.parent.is_dir():

@@ -249,7 +249,10 @@ def load_vocab(folder: Path, cfg: dict[str, Any], n_vocab: int) -> Vocab:
         if tj is not None and _is_byte_level(tj):
             vocab = _from_byte_level_bpe(tj)
         elif spm_path.exists():
-            vocab, sp = _from_sentencepiece(spm_path.read_bytes(), tj)
+            try:
+                vocab, sp = _from_sentencepiece(spm_path.read_bytes(), tj)
+            except InvalidModelError as exc:
+                raise InvalidModelError(f"{folder}: {exc}") from exc
         elif tj is not None:
             vocab = _from_spm_json(tj)
         else:
