@@ -59,7 +59,8 @@ class RolloutController:
         now = self.clock()
         health, baseline = stage_health(session, r, row.created_at)
         decision = ro.decide(r, health, now, baseline)
-        row.last_decision = decision.reason
+        row.last_decision = (decision.reason if decision.action is ro.Action.HOLD
+                             else f"{decision.action.value}: {decision.reason}")
         if decision.action is not ro.Action.HOLD:
             new = ro.apply(r, decision, now)
             save(row, new)
