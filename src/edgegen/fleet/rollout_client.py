@@ -38,8 +38,9 @@ def rollback_manifest(previous_envelope: str | bytes, version: int, key: Signing
 
 
 class RolloutClient(AdminClient):
-    def plan(self, model: str, group: str) -> dict[str, Any]:
-        return self._call("GET", "/v1/admin/rollouts/plan", params={"model": model, "group": group})
+    def plan(self, model: str, group: str, version: int) -> dict[str, Any]:
+        return self._call("GET", "/v1/admin/rollouts/plan",
+                          params={"model": model, "group": group, "version": version})
 
     def start(self, model: str, version: int, group: str = "all", *, stages: str | list[int] = "10,50,100",
               gates: list[str] | None = None, key: SigningKey | None = None, bake_s: float = 0.0,
@@ -47,7 +48,7 @@ class RolloutClient(AdminClient):
         """Create a rollout; with ``key`` (the targets key) a rollback version is signed first."""
         rollback_version = None
         if key is not None:
-            plan = self.plan(model, group)
+            plan = self.plan(model, group, version)
             if not plan["devices"]:
                 raise InvalidRolloutError(f"no enrolled device in group {group!r} follows {model}.")
             if plan["previous_manifest"] is not None:

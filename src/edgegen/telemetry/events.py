@@ -7,7 +7,9 @@
                     cumulative dropped counter (so data lost to the byte bound is itself reported)
     Ack             what the control plane answers: stored, duplicates, highest seq it now holds
 
-``request_body`` builds the body of a request event from the numbers an inference produced, so the
+``GenerationRecord`` is what an edge server hands its observers after each generation (the seam
+between serving and telemetry). ``request_body`` builds the body of a request event from the
+numbers an inference produced, so the
 edge server, the agent's health check and tests all describe a request the same way. Bodies are
 small flat JSON objects; ``validate_body`` bounds them (the control plane calls it on ingest).
 """
@@ -73,6 +75,22 @@ class Ack:
     duplicates: int  # events the control plane already had (a retried batch)
     acked_seq: int  # every event of the batch up to this seq is safely stored
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """One finished (or failed) generation, as an edge server saw it."""
+
+    prompt: str  # the user-visible prompt text (last user message for chat), for drift signals
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_s: float | None  # request received -> first token
+    total_s: float  # request received -> last token
+    ok: bool = True
+    error: str | None = None
+    cancelled: bool = False
+    token_logprobs: tuple[float, ...] = ()
+    operation: str = "chat"
 
 
 def encode_body(body: dict[str, Any]) -> str:

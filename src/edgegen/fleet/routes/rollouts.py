@@ -1,6 +1,6 @@
 """Rollout admin API (``Authorization: Bearer <admin token>``), and the rollout loop's lifespan.
 
-    GET  /v1/admin/rollouts/plan?model=&group=   what a rollout would start from: the group's
+    GET  /v1/admin/rollouts/plan?model=&group=&version=   what a rollout would start from: the group's
                                                  devices, the version they run, that version's
                                                  signed manifest (to sign a rollback copy of it)
                                                  and the next free version number
@@ -12,8 +12,10 @@
     PUT  /v1/admin/rollouts/policy/{model}       ``{"staged": true}``: new versions of the model
                                                  ship only through rollouts (set by the first rollout)
 
-Including this router makes the control plane rollout-aware (``rollout_ctl.install``) and its
-lifespan runs the evaluation loop every ``EDGEGEN_FLEET__ROLLOUT_INTERVAL_S`` seconds.
+Including this router makes the control plane rollout-aware (``create_app`` calls the router's
+``install_plane`` hook: the rollout policy becomes the desired-version resolver even when the app
+runs without lifespan events), and its lifespan runs the evaluation loop every
+``EDGEGEN_FLEET__ROLLOUT_INTERVAL_S`` seconds.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 router = APIRouter(prefix="/v1/admin/rollouts", tags=["rollouts"], lifespan=lifespan)
+router.install_plane = install  # type: ignore[attr-defined]  # create_app calls it: no lifespan needed
 
 
 def _bad(exc: UserInputError) -> HTTPException:
@@ -66,19 +69,23 @@ def _bad(exc: UserInputError) -> HTTPException:
 
 
 @router.get("/plan")
-def plan(model: str, group: str, _: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+def plan(model: str, group: str, version: int, _: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
     install(plane)
-    devices = select_devices(session, model, group)
-    now = {d.id: desired_number(session, d) for d in devices}
-    counts: dict[int, int] = {}
-    for v in now.values():
-        if v is not None:
-            counts[v] = counts.get(v, 0) + 1
-    previous = max(counts, key=lambda v: (counts[v], v)) if counts else None
-    prev_row = get_version(session, model, previous) if previous is not None else None
-    return {"model": model, "group": group, "devices": sorted(now), "previous_version": previous,
-            "previous_manifest": prev_row.envelope if prev_row else None,
-            "next_version": latest_version_number(session, model) + 1}
+    try:
+        set_staged(session, model, True, below=version)  # as create would; rolled back below
+        devices = select_devices(session, model, group)
+        now = {d.id: desired_number(session, d) for d in devices}
+        counts: dict[int, int] = {}
+        for v in now.values():
+            if v is not None:
+                counts[v] = counts.get(v, 0) + 1
+        previous = max(counts, key=lambda v: (counts[v], v)) if counts else None
+        prev_row = get_version(session, model, previous) if previous is not None else None
+        return {"model": model, "group": group, "devices": sorted(now), "previous_version": previous,
+                "previous_manifest": prev_row.envelope if prev_row else None,
+                "next_version": latest_version_number(session, model) + 1}
+    finally:
+        session.rollback()  # a plan changes nothing
 
 
 class RolloutRequest(BaseModel):
