@@ -1,9 +1,79 @@
-"""CLI commands for the serve capability."""
+"""CLI commands for the serve capability: ``edgegen serve MODEL``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from edgegen.cli._common import err_console
+from edgegen.config import get_settings
+from edgegen.errors import UserInputError
+
+
+def serve_cmd(
+    model: Annotated[str, typer.Argument(help="GGUF path, catalogue name or source string")],
+    host: Annotated[str | None, typer.Option("--host", help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="0 picks a free port")] = None,
+    api_key: Annotated[list[str] | None, typer.Option(
+        "--api-key", help="a key clients must send as 'Authorization: Bearer KEY' (repeatable); "
+        "or EDGEGEN_SERVE__API_KEYS='[\"k1\"]'")] = None,
+    upstream: Annotated[str | None, typer.Option(
+        "--upstream", help="OpenAI-compatible base URL for requests the device cannot serve")] = None,
+    upstream_key: Annotated[str | None, typer.Option(
+        "--upstream-key", help="API key for the upstream (or EDGEGEN_SERVE__UPSTREAM_KEY)")] = None,
+    max_queue: Annotated[int | None, typer.Option(
+        "--max-queue", help="requests waiting beyond the one running")] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx", help="context window in tokens")] = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    ttft_deadline: Annotated[float | None, typer.Option(
+        "--ttft-deadline", help="seconds to wait for the first local token before asking the upstream")] = None,
+    lookup_decoding: Annotated[bool | None, typer.Option(
+        "--lookup-decoding/--no-lookup-decoding",
+        help="prompt-lookup speculative decoding (faster when answers copy the prompt)")] = None,
+    model_id: Annotated[str | None, typer.Option("--model-id", help="name in /v1/models")] = None,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible HTTP API (chat, completions, streaming, metrics)."""
+    from edgegen.cli.core import _resolve
+    from edgegen.serve import ServerConfig, create_app, serve_forever
+
+    s = get_settings()
+    cfg, eng = s.serve, s.engine
+    queue = cfg.max_queue if max_queue is None else max_queue
+    if queue < 0:
+        raise UserInputError("--max-queue must be 0 or more")
+    n_ctx = ctx or eng.n_ctx
+    if n_ctx < 16:
+        raise UserInputError("--ctx must be at least 16 tokens")
+    up_url = upstream or cfg.upstream_url
+    if up_url is not None and not up_url.startswith(("http://", "https://")):
+        raise UserInputError(f"--upstream must be an http(s) URL, not {up_url!r}")
+    path = _resolve(model)
+    options: dict = {"n_ctx": n_ctx, "n_threads": threads or eng.n_threads, "n_batch": eng.n_batch,
+                     "use_mmap": eng.use_mmap}
+    if cfg.lookup_decoding if lookup_decoding is None else lookup_decoding:
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        options["draft"] = LlamaPromptLookupDecoding(num_pred_tokens=10)
+    config = ServerConfig(
+        model_id=model_id or Path(path).stem,
+        max_queue=queue,
+        api_keys=tuple(api_key or cfg.api_keys),
+        upstream_url=up_url,
+        upstream_key=upstream_key or cfg.upstream_key,
+        upstream_timeout_s=cfg.upstream_timeout_s,
+        ttft_deadline_s=cfg.ttft_deadline_s if ttft_deadline is None else ttft_deadline,
+    )
+    app = create_app(path, config, engine_options=options)
+    def listening(url: str) -> None:
+        err_console.print(f"listening on {url}", highlight=False, soft_wrap=True)
+
+    try:
+        serve_forever(app, host or cfg.host, cfg.port if port is None else port, on_listening=listening)
+    except OSError as exc:
+        raise UserInputError(f"cannot listen on {host or cfg.host}:{port}: {exc.strerror}") from exc
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    app.command("serve")(serve_cmd)
