@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -24,8 +24,8 @@ from edgegen.errors import UserInputError
 rollouts_app = typer.Typer(help="Staged rollouts: list, show, pause, resume, abort.", no_args_is_help=True)
 telemetry_app = typer.Typer(help="Device telemetry held by the control plane.", no_args_is_help=True)
 
-ServerOpt = Annotated[Optional[str], typer.Option("--server", help="control plane URL")]
-TokenOpt = Annotated[Optional[str], typer.Option("--admin-token", help="admin API token")]
+ServerOpt = Annotated[str | None, typer.Option("--server", help="control plane URL")]
+TokenOpt = Annotated[str | None, typer.Option("--admin-token", help="admin API token")]
 
 
 def _client(server: str | None, token: str | None):  # -> RolloutClient
@@ -50,14 +50,14 @@ def rollout_cmd(
     version: Annotated[int, typer.Argument(help="the published version to roll out")],
     to: Annotated[str, typer.Option("--to", help="group name, KEY=VALUE label, or 'all'")] = "all",
     stages: Annotated[str, typer.Option("--stages", help="cumulative percentages")] = "10,50,100",
-    gate: Annotated[Optional[list[str]], typer.Option(
+    gate: Annotated[list[str] | None, typer.Option(
         "--gate", help="METRIC<VALUE[@MIN_DEVICES], repeatable; metrics: update_failure_rate, error_rate, "
                        "p95_latency_ms, logprob_drop, drift_rate")] = None,
     bake: Annotated[float, typer.Option("--bake", help="seconds each stage must run before advancing")] = 0.0,
     settle: Annotated[float, typer.Option("--settle", help="share of a stage that must have installed")] = 1.0,
     rollback: Annotated[bool, typer.Option("--rollback/--no-rollback",
                                            help="sign a rollback version first (needs the keyring)")] = True,
-    keys: Annotated[Optional[Path], typer.Option("--keys", help="keyring directory")] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="keyring directory")] = None,
     server: ServerOpt = None,
     admin_token: TokenOpt = None,
 ) -> None:
@@ -75,7 +75,7 @@ def rollout_cmd(
 
 
 @rollouts_app.command("list")
-def list_cmd(model: Annotated[Optional[str], typer.Option("--model")] = None, server: ServerOpt = None,
+def list_cmd(model: Annotated[str | None, typer.Option("--model")] = None, server: ServerOpt = None,
              admin_token: TokenOpt = None) -> None:
     """Every rollout, newest first."""
     with _client(server, admin_token) as client:
