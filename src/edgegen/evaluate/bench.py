@@ -123,7 +123,8 @@ def run_bench(
     validate_gguf(model)
     threads = n_threads or default_threads()
     args = json.dumps([str(model), prompt_tokens, gen_tokens, repeats, threads])
-    code = "import json,sys; from edgegen.evaluate.bench import _child; print(json.dumps(_child(*json.loads(sys.argv[1]))))"
+    code = ("import json, sys; from edgegen.evaluate.bench import _child; "
+            "print(json.dumps(_child(*json.loads(sys.argv[1]))))")
     proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -9,6 +9,7 @@ It does not quantize or convert anything.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,17 +85,36 @@ def evaluate(
     n_threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> QualityReport:
+    """Quality of one model against the reference."""
+    return evaluate_many([model_path], ref_path, text_path, chunk_tokens=chunk_tokens, max_chunks=max_chunks,
+                         n_threads=n_threads, progress=progress)[0]
+
+
+def evaluate_many(
+    model_paths: list[Path],
+    ref_path: Path,
+    text_path: Path,
+    *,
+    chunk_tokens: int = 512,
+    max_chunks: int = 16,
+    n_threads: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[QualityReport]:
+    """Quality of several models against one reference; the reference runs once per chunk."""
     if chunk_tokens < 16:
         raise UserInputError(f"chunk size {chunk_tokens} is too small (at least 16 tokens)")
     text = read_text(Path(text_path))
-    model_info, ref_info = describe(Path(model_path)), describe(Path(ref_path))
-    with Engine(ref_path, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True, n_threads=n_threads) as ref, \
-            Engine(model_path, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True,
-                   n_threads=n_threads) as model:
-        if ref.n_vocab != model.n_vocab:
-            raise UserInputError(
-                f"the model's vocabulary ({model.n_vocab}) differs from the reference's ({ref.n_vocab})"
-            )
+    infos = [describe(Path(p)) for p in model_paths]
+    ref_info = describe(Path(ref_path))
+    with ExitStack() as stack:
+        load = lambda p: stack.enter_context(  # noqa: E731
+            Engine(p, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True, n_threads=n_threads))
+        ref = load(ref_path)
+        models = [load(p) for p in model_paths]
+        for p, m in zip(model_paths, models):
+            if m.n_vocab != ref.n_vocab:
+                raise UserInputError(
+                    f"{p}: its vocabulary ({m.n_vocab}) differs from the reference's ({ref.n_vocab})")
         tokens = ref.tokenize(text, add_bos=False, special=False)
         add_bos = ref.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
         chunks = chunk_tokens_of(tokens, chunk_tokens, max_chunks, ref.bos_id if add_bos else None)
@@ -102,21 +122,25 @@ def evaluate(
             raise InvalidTextError(
                 f"{text_path} has {len(tokens)} tokens, fewer than one chunk of {chunk_tokens}"
             )
-        acc = QualityAccumulator()
+        accs = [QualityAccumulator() for _ in models]
         for i, chunk in enumerate(chunks):
             ids = chunk.tolist()
-            acc.add(score_chunk(model.logits(ids), ref.logits(ids), chunk))
+            ref_logits = ref.logits(ids)
+            for m, acc in zip(models, accs):
+                acc.add(score_chunk(m.logits(ids), ref_logits, chunk))
             if progress:
                 progress(i + 1, len(chunks))
-    s = acc.summary()
-    return QualityReport(
-        model=str(model_path),
-        reference=str(ref_path),
-        text=str(text_path),
-        chunk_tokens=chunk_tokens,
-        file_bytes=model_info.file_bytes,
-        ref_file_bytes=ref_info.file_bytes,
-        bits_per_weight=round(model_info.bits_per_weight, 4),
-        n_params=model_info.n_params,
-        **s,  # type: ignore[arg-type]
-    )
+    reports = []
+    for path, info, acc in zip(model_paths, infos, accs):
+        reports.append(QualityReport(
+            model=str(path),
+            reference=str(ref_path),
+            text=str(text_path),
+            chunk_tokens=chunk_tokens,
+            file_bytes=info.file_bytes,
+            ref_file_bytes=ref_info.file_bytes,
+            bits_per_weight=round(info.bits_per_weight, 4),
+            n_params=info.n_params,
+            **acc.summary(),  # type: ignore[arg-type]
+        ))
+    return reports

@@ -19,8 +19,8 @@ from edgegen.errors import InvalidModelError, ModelNotFoundError
 GGUF_MAGIC = b"GGUF"
 
 
-def validate_gguf(path: Path) -> None:
-    """Raise a UserInputError subclass unless ``path`` is a complete GGUF file."""
+def validate_gguf(path: Path):  # -> gguf.GGUFReader
+    """Raise a UserInputError subclass unless ``path`` is a complete GGUF file; return its reader."""
     if not path.exists():
         raise ModelNotFoundError(f"model not found: {path}")
     if path.is_dir():
@@ -38,6 +38,14 @@ def validate_gguf(path: Path) -> None:
         end = int(t.data_offset) + int(t.n_bytes)
         if end > size:
             raise InvalidModelError(f"{path} is truncated: tensor {t.name} ends at byte {end}, file has {size}")
+    return reader
+
+
+def context_length(reader) -> int | None:
+    """The training context length recorded in the file (``<arch>.context_length``), if any."""
+    arch = field_value(reader, "general.architecture")
+    value = field_value(reader, f"{arch}.context_length") if arch else None
+    return int(value) if value is not None else None
 
 
 def open_reader(path: Path):  # -> gguf.GGUFReader
@@ -47,7 +55,7 @@ def open_reader(path: Path):  # -> gguf.GGUFReader
     try:
         return gguf.GGUFReader(path, "r")
     except (ValueError, IndexError, struct.error, OSError) as exc:
-        raise InvalidModelError(f"{path} is not a readable GGUF file: {exc}") from exc
+        raise InvalidModelError(f"{path} is not a readable GGUF file (truncated or corrupt)") from exc
 
 
 def field_value(reader, key: str, default=None):

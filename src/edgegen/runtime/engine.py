@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import ContextOverflowError, EngineError
-from edgegen.formats.gguf_file import validate_gguf
+from edgegen.formats.gguf_file import context_length, validate_gguf
+from edgegen.runtime.stops import StopFilter
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,9 @@ class Engine:
         logits for every position, so it implies ``logits_all`` (n_ctx x n_vocab float32 of host memory)."""
         self.path = Path(model_path)
         logits_all = logits_all or draft is not None
-        validate_gguf(self.path)
+        n_train = context_length(validate_gguf(self.path))
+        if n_train:  # RoPE beyond the trained length only produces garbage on these models
+            n_ctx = min(n_ctx, n_train)
         import llama_cpp
 
         self._llama_cpp = llama_cpp
@@ -221,8 +224,7 @@ class Engine:
             self._llm.set_seed(params.seed)
         greedy = params.temperature <= 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = tuple(s for s in params.stop if s)
-        held = ""  # text withheld because it may be the start of a stop string
+        stops = StopFilter(params.stop)
         t0 = time.perf_counter()
         stats.finish_reason = "length"
         if budget <= 0:
@@ -240,9 +242,8 @@ class Engine:
         try:
             piece_of = self._token_bytes
             for tok in gen:
-                now = time.perf_counter()
                 if stats.ttft_s is None:
-                    stats.ttft_s = now - t0
+                    stats.ttft_s = time.perf_counter() - t0
                 if tok in self._eog and not params.ignore_eos:
                     stats.finish_reason = "stop"
                     break
@@ -250,24 +251,18 @@ class Engine:
                 lp = self._last_logprob(tok) if params.logprobs else None
                 if lp is not None:
                     stats.token_logprobs.append(lp)
-                piece = decoder.decode(piece_of(tok))
-                text = held + piece
-                held = ""
-                if stops:
-                    cut = _find_stop(text, stops)
-                    if cut is not None:
-                        if text[:cut]:
-                            yield Token(tok, text[:cut], lp)
-                        stats.finish_reason = "stop"
-                        break
-                    keep = _stop_prefix_len(text, stops)
-                    if keep:
-                        text, held = text[:-keep], text[-keep:]
+                text = stops.push(decoder.decode(piece_of(tok)))
+                if stops.stopped:
+                    stats.finish_reason = "stop"
+                    if text:
+                        yield Token(tok, text, lp)
+                    break
                 yield Token(tok, text, lp)
                 if stats.completion_tokens >= budget:
                     break
-            if stats.finish_reason == "length" and held:
-                yield Token(-1, held)
+            tail = stops.flush() + decoder.decode(b"", final=True)
+            if tail:
+                yield Token(-1, tail)
         finally:
             gen.close()
             stats.total_s = time.perf_counter() - t0
@@ -300,7 +295,8 @@ class Engine:
         return self.stream(tokens, params, stats)
 
     def _last_logprob(self, tok: int) -> float:
-        row = np.asarray(self._llm.eval_logits[-1] if self._llm.eval_logits else self._llm.scores[self._llm.n_tokens - 1])
+        llm = self._llm
+        row = np.asarray(llm.eval_logits[-1] if llm.eval_logits else llm.scores[llm.n_tokens - 1])
         m = float(row.max())
         return float(row[tok] - m - np.log(np.exp(row - m).sum()))
 
@@ -347,18 +343,3 @@ def _starts_with_bos(prompt: str, engine: Engine) -> bool:
     bos = engine._piece(engine.bos_id)
     return bool(bos) and prompt.startswith(bos)
 
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _stop_prefix_len(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best

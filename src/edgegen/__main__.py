@@ -1,0 +1,5 @@
+"""``python -m edgegen`` runs the CLI."""
+
+from edgegen.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""The main job (``make demo``): one model from download to a measured, compressed, chatting file.
+
+Steps: pull the default model; dequantize it to the F16 reference; compress the reference (edgegen's
+quantizer when available, and llama.cpp's Q4_K_M as the anchor); evaluate every variant against the
+reference on held-out text; bench each; write ``report.md``, ``report.json`` and a PNG plot; answer a
+chat prompt with the compressed model. Intermediate files are reused when present (delete ``out/`` to
+start over). This module orchestrates; the measuring and converting live elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edgegen.config import get_settings
+from edgegen.errors import OutputError
+
+CHAT_PROMPT = "What is the capital of France?"
+EVAL_CHUNKS = 8
+
+
+def _compress_ours(ref: Path, out: Path, max_bytes: int, calib: Path, log: Callable[[str], None]) -> Path | None:
+    """edgegen's calibrated quantizer under a size budget, if the compression capability is installed."""
+    try:
+        from edgegen.compress.pipeline import compress
+    except ImportError:
+        log("edgegen's quantizer is not available in this build; comparing llama.cpp's only")
+        return None
+    compress(ref, out, max_size_mib=max_bytes / 2**20, calib_text=calib)
+    return out
+
+
+def run_demo(out: Path, *, model: str | None = None, text: Path | None = None,
+             log: Callable[[str], None] = lambda _m: None) -> Path:
+    from edgegen.evaluate.bench import measure_bandwidth, run_bench
+    from edgegen.evaluate.quality import evaluate_many
+    from edgegen.formats.convert import convert_model
+    from edgegen.hub.sources import DEFAULT_MODEL, pull
+    from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, shakespeare_texts
+    from edgegen.report.plots import plot_size_quality_speed
+    from edgegen.runtime.engine import Engine, SamplingParams, default_threads
+    from edgegen.runtime.llamacpp_quant import llamacpp_quantize
+
+    settings = get_settings()
+    t_start = time.perf_counter()
+    try:
+        models_dir = out / "models"
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
+
+    log(f"[1/6] pulling {model or DEFAULT_MODEL}")
+    source = pull(model or DEFAULT_MODEL, settings.home)
+
+    log("[2/6] making the F16 reference")
+    ref = models_dir / "reference-F16.gguf"
+    if not ref.exists():
+        convert_model(source, ref, dtype="f16")
+
+    plays = shakespeare_texts(settings.home)
+    calib = out / "calibration.txt"
+    calib.write_text("\n\n".join((plays / p).read_text(errors="replace") for p in CALIBRATION_PLAYS))
+    if text is None:
+        text = out / "evaluation.txt"
+        text.write_text("\n\n".join((plays / p).read_text(errors="replace") for p in EVALUATION_PLAYS))
+
+    log("[3/6] compressing: llama.cpp Q4_K_M (anchor) and edgegen at no larger size")
+    anchor = models_dir / "llamacpp-Q4_K_M.gguf"
+    if not anchor.exists():
+        llamacpp_quantize(ref, anchor, "Q4_K_M")
+    ours = models_dir / "edgegen.gguf"
+    have_ours = ours.exists() or _compress_ours(ref, ours, anchor.stat().st_size, calib, log) is not None
+
+    variants = {"publisher Q4_1": source, "llama.cpp Q4_K_M": anchor}
+    if have_ours:
+        variants["edgegen"] = ours
+
+    log(f"[4/6] evaluating {len(variants)} variants against the reference ({EVAL_CHUNKS} chunks of 512 tokens)")
+    quality = evaluate_many(list(variants.values()), ref, text, max_chunks=EVAL_CHUNKS)
+
+    log("[5/6] benchmarking")
+    threads = settings.engine.n_threads or default_threads()
+    bw = measure_bandwidth(threads)
+    benches = {label: run_bench(path, n_threads=threads, bandwidth=bw) for label, path in
+               [("reference F16", ref), *variants.items()]}
+
+    log("[6/6] chatting with the compressed model")
+    chat_model = ours if have_ours else anchor
+    with Engine(chat_model, n_ctx=1024) as engine:
+        answer = engine.chat([{"role": "user", "content": CHAT_PROMPT}], SamplingParams.greedy(64)).text.strip()
+
+    rows = []
+    for (label, path), q in zip(variants.items(), quality):
+        b = benches[label]
+        rows.append({"label": label, "path": str(path), **{k: q.to_dict()[k] for k in (
+            "file_bytes", "bits_per_weight", "ppl", "kl_mean", "kl_stderr", "kl_p99", "top1_agreement")},
+            "decode_tokens_per_s": b.decode_tokens_per_s, "prefill_tokens_per_s": b.prefill_tokens_per_s,
+            "ttft_s": b.ttft_s, "peak_rss_bytes": b.peak_rss_bytes,
+            "decode_bandwidth_efficiency": b.decode_bandwidth_efficiency})
+    rb = benches["reference F16"]
+    rows.insert(0, {"label": "reference F16", "path": str(ref), "file_bytes": rb.file_bytes,
+                    "bits_per_weight": None, "ppl": quality[0].ppl_ref, "kl_mean": 0.0, "kl_stderr": 0.0,
+                    "kl_p99": 0.0, "top1_agreement": 1.0, "decode_tokens_per_s": rb.decode_tokens_per_s,
+                    "prefill_tokens_per_s": rb.prefill_tokens_per_s, "ttft_s": rb.ttft_s,
+                    "peak_rss_bytes": rb.peak_rss_bytes,
+                    "decode_bandwidth_efficiency": rb.decode_bandwidth_efficiency})
+    plot = plot_size_quality_speed(rows, out / "size_quality_speed.png")
+    data = {"source": str(source), "reference": str(ref), "eval_text": str(text),
+            "eval_chunks": quality[0].n_chunks, "tokens_scored": quality[0].n_tokens_scored,
+            "mem_bandwidth_bytes_per_s": round(bw), "threads": threads, "machine": platform.machine(),
+            "chat": {"model": str(chat_model), "prompt": CHAT_PROMPT, "answer": answer},
+            "variants": rows, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    report = out / "report.md"
+    report.write_text(_markdown(data, plot.name))
+    return report
+
+
+def _markdown(d: dict, plot_name: str) -> str:
+    lines = [
+        "# edgegen report",
+        "",
+        f"Source model: `{d['source']}`; reference: its F16 dequantization. Quality measured on "
+        f"{d['tokens_scored']} held-out tokens ({d['eval_chunks']} chunks of 512, second half of each scored, "
+        "as llama-perplexity --kl-divergence); speed at batch 1 with "
+        f"{d['threads']} threads; read bandwidth {d['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s.",
+        "",
+        "| variant | size (MiB) | bpw | PPL | mean KL | KL p99 | top-1 | decode tok/s | prefill tok/s | TTFT s "
+        "| peak RSS (MiB) | bw. eff. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["variants"]:
+        bpw = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] else "16"
+        lines.append(
+            f"| {r['label']} | {r['file_bytes'] / 2**20:.1f} | {bpw} | {r['ppl']:.3f} | {r['kl_mean']:.4f} "
+            f"± {r['kl_stderr']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1_agreement']:.1f}% | "
+            f"{r['decode_tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {r['ttft_s']:.3f} | "
+            f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['decode_bandwidth_efficiency']:.2f} |")
+    c = d["chat"]
+    lines += ["", f"![size, quality and speed]({plot_name})", "",
+              f"## Chat with `{Path(c['model']).name}`", "", f"> **user:** {c['prompt']}", ">",
+              f"> **assistant:** {c['answer']}", "", f"Total time: {d['elapsed_s']} s.", ""]
+    return "\n".join(lines)
