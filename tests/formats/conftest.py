@@ -1,4 +1,4 @@
-"""Fixtures for the converter tests: SmolLM2 dequantized by us, and SmolLM2 as a real HF folder.
+"""Fixtures for the converter tests: SmolLM2 dequantized to F32 by us, and SmolLM2 as a real HF folder.
 
 The HF folder is made by transformers itself (it loads a GGUF, un-permuting q/k on the way in) and
 ``save_pretrained``: an independent route to a real Llama-layout folder with a byte-level BPE
@@ -22,11 +22,6 @@ from edgegen.formats.convert import convert_model
 @pytest.fixture(scope="session")
 def smol_f32(smollm2_q4_1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_model(smollm2_q4_1, tmp_path_factory.mktemp("smol") / "smol-f32.gguf", dtype="f32")
-
-
-@pytest.fixture(scope="session")
-def smol_f16(smollm2_q4_1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return convert_model(smollm2_q4_1, tmp_path_factory.mktemp("smol") / "smol-f16.gguf", dtype="f16")
 
 
 def _build_hf_folder(gguf_path: Path, dest: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,12 +56,17 @@ def prepare_output(out: Path) -> Path:
 
 
 def _open_temp(out: Path) -> Path:
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    return Path(name)
+    """A new, empty, uniquely named file beside ``out`` (created with the user's umask, unlike mkstemp)."""
+    for _ in range(100):
+        tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
+        try:
+            with tmp.open("xb"):
+                return tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
+    raise OutputError(f"cannot find a free temporary name beside {out}")
 
 
 def write_gguf(

@@ -1,0 +1,40 @@
+"""gguf-py's ``GGUFReader``, parsing over a plain ndarray view of its memory map (same bytes, same parser).
+
+While parsing metadata the reader slices its ``np.memmap`` once or twice per value, i.e. ~250,000
+times for a 49k-token vocabulary with merges, and every slice of a memmap builds a new memmap object
+(``memmap.__array_finalize__``): most of the parse time. Storing the map as a plain ndarray view
+(the mapping stays alive through ``.base``) makes opening SmolLM2 about 2.5x faster. Tensor ``data``
+arrays become plain ndarray views of the same mapping instead of memmaps.
+
+This relies only on the reader keeping its buffer in the public ``data`` attribute. It does not
+validate anything; ``gguf_file.validate_gguf`` does.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from edgegen.errors import InvalidModelError
+
+
+class PlainViewGGUFReader(gguf.GGUFReader):
+    @property  # type: ignore[override]
+    def data(self) -> np.ndarray:
+        return self._plain
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._plain = value.view(np.ndarray) if isinstance(value, np.memmap) else value
+
+
+def open_reader_fast(path: Path) -> PlainViewGGUFReader:
+    """Like ``gguf_file.open_reader``: errors of a bad file become InvalidModelError."""
+    try:
+        return PlainViewGGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, struct.error, OSError) as exc:
+        raise InvalidModelError(f"{path} is not a readable GGUF file (truncated or corrupt)") from exc
