@@ -69,7 +69,8 @@ def test_same_logits_and_text_as_the_dequantized_gguf(ours: Engine, smol_f32: Pa
         ids = ref.tokenize(prompt)
         diff = float(np.abs(ours.logits(ids) - ref.logits(ids)).max())
         assert diff < 1e-3, diff
-        assert ours.complete(prompt, SamplingParams.greedy(12)).text == ref.complete(prompt, SamplingParams.greedy(12)).text
+        greedy = SamplingParams.greedy(12)
+        assert ours.complete(prompt, greedy).text == ref.complete(prompt, greedy).text
     reply = ours.chat([{"role": "user", "content": "What is the capital of France?"}], SamplingParams.greedy(16))
     assert "Paris" in reply.text
 

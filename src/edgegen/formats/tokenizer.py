@@ -32,10 +32,12 @@ from edgegen.formats.spm_model import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, US
 
 # Split regexes of the Hugging Face tokenizers llama.cpp knows by name.
 LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 # pre-tokenizer signature -> llama.cpp pre-tokenizer name (llama-vocab.cpp, LLAMA_VOCAB_PRE_TYPE_*)
 _BPE_PRE: dict[tuple[tuple[Any, ...], ...], str] = {
@@ -210,7 +212,9 @@ def _special_ids(vocab: Vocab, tc: dict[str, Any], cfg: dict[str, Any], sp: spm_
     return ids
 
 
-def _template_flags(tj: dict[str, Any] | None, tokens: list[str], ids: dict[str, int]) -> tuple[bool | None, bool | None]:
+def _template_flags(
+    tj: dict[str, Any] | None, tokens: list[str], ids: dict[str, int]
+) -> tuple[bool | None, bool | None]:
     """(add_bos, add_eos) as the tokenizer.json post-processor does it; None where it does not say."""
     post = (tj or {}).get("post_processor")
     if not post:
