@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,12 +36,12 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def running(model: Path | Callable[[], Any] | None, *, n_ctx: int = 512, wait: bool = True,
+def running(model: Path | Callable[[], Any] | None, *, n_ctx: int = 512, wait: bool = True, port: int = 0,
             **config: Any) -> Iterator[BackgroundServer]:
-    """A real uvicorn server on 127.0.0.1:0 over ``model`` (one thread per engine: shared CI cores)."""
+    """A real uvicorn server on 127.0.0.1 over ``model`` (one thread per engine: shared CI cores)."""
     config.setdefault("api_keys", (KEY,))
     app = create_app(model, ServerConfig(**config), engine_options={"n_ctx": n_ctx, "n_threads": 1})
-    with BackgroundServer(app) as srv:
+    with BackgroundServer(app, port=port) as srv:
         if wait:
             wait_until(lambda: _healthy(srv.url), what=f"{srv.url} ready")
         yield srv
@@ -89,3 +90,9 @@ def metric(values: dict[str, float], name: str, **labels: str) -> float:
 
 def chat_body(content: str, **kw: Any) -> dict[str, Any]:
     return {"model": "any", "messages": [{"role": "user", "content": content}], "temperature": 0, **kw}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -35,7 +35,8 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, n_ctx: int,
                     base: SamplingParams = SamplingParams()) -> SamplingParams:
     """Map request fields onto the engine's parameters; unset fields keep ``base``'s values."""
     budget = req.token_budget() if isinstance(req, ChatCompletionRequest) else req.max_tokens
-    params = replace(base, max_tokens=min(budget or n_ctx, n_ctx), stop=req.stop_strings())
+    params = replace(base, max_tokens=min(budget or n_ctx, n_ctx), stop=req.stop_strings(),
+                     ignore_eos=req.ignore_eos)
     if req.temperature is not None:
         params = replace(params, temperature=req.temperature)
     if req.top_p is not None:

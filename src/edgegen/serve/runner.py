@@ -86,8 +86,10 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, let in-flight responses finish (up to ``graceful_s``), join. Idempotent."""
         self._server.should_exit = True
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
         self._sock.close()
 
     def __enter__(self) -> BackgroundServer:

@@ -43,6 +43,8 @@ class _Generation(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Accepted, ignored locally.")
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Accepted, ignored locally.")
     user: str | None = Field(None, max_length=256)
+    ignore_eos: bool = Field(False, description="llama.cpp extension: keep generating past end-of-text "
+                             "(benchmarks); stops at max_tokens or the context end.")
 
     @field_validator("stop")
     @classmethod
