@@ -10,6 +10,7 @@ Prometheus expects. Time is exported in seconds. The control plane stores the in
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -48,8 +49,14 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else f"{bound:g}"
 
 
+_BUCKET_NAMES = {metric: [f"{metric}_bucket:{_le(b)}" for b in (*bounds, math.inf)]
+                 for metric, (_, bounds, _h) in HISTOGRAMS.items()}
+
+
 def rollup(events: Iterable[Event]) -> dict[tuple[int, str], float]:
     out: dict[tuple[int, str], float] = defaultdict(float)
+    # per (version, metric): how many observations fell in each bucket (made cumulative at the end)
+    hist: dict[tuple[int, str], list[int]] = {}
     for e in events:
         b = e.body
         v = b.get("model_version")
@@ -72,15 +79,20 @@ def rollup(events: Iterable[Event]) -> dict[tuple[int, str], float]:
                 s = float(ms) / 1000.0
                 out[(version, f"{metric}_sum")] += s
                 out[(version, f"{metric}_count")] += 1
-                for bound in (*bounds, math.inf):
-                    if s <= bound:
-                        out[(version, f"{metric}_bucket:{_le(bound)}")] += 1
+                counts = hist.setdefault((version, metric), [0] * (len(bounds) + 1))
+                counts[bisect.bisect_left(bounds, s)] += 1
         elif e.kind is TelemetryKind.LOG:
             out[(version, f"logs_total:{str(b.get('level', 'INFO')).upper()}")] += 1
         elif e.kind is TelemetryKind.DRIFT:
             out[(version, "drift_windows_total")] += 1
             if b.get("drift"):
                 out[(version, "drift_alerts_total")] += 1
+    for (version, metric), counts in hist.items():
+        running = 0
+        for name, c in zip(_BUCKET_NAMES[metric], counts, strict=True):
+            running += c
+            if running:
+                out[(version, name)] += running
     return dict(out)
 
 

@@ -134,10 +134,11 @@ def ingest(session: Session, device_id: str, batch: Batch) -> Ack:
     if not batch.events:
         return Ack(0, 0, 0)
     rows = [event_row(device_id, batch.stream, e) for e in batch.events]
+    table = TelemetryEvent.__table__  # Core, not the ORM: no unit-of-work bookkeeping per row
     stmt = (
-        _insert(session, TelemetryEvent)
+        _insert(session, table)
         .on_conflict_do_nothing(index_elements=["device_id", "stream", "seq"])
-        .returning(TelemetryEvent.seq)
+        .returning(table.c.seq)
     )
     inserted = set(session.scalars(stmt, rows).all())
     new_events = [e for e in batch.events if e.seq in inserted]
@@ -156,24 +157,30 @@ def ingest(session: Session, device_id: str, batch: Batch) -> Ack:
 
 
 def _update_stream(session: Session, device_id: str, batch: Batch, new: Sequence[Event], dups: int) -> None:
-    row = session.get(TelemetryStream, (device_id, batch.stream), with_for_update=True)
-    if row is None:
-        row = TelemetryStream(device_id=device_id, stream=batch.stream, max_seq=0, dropped_total=0,
-                              stored=0, duplicates=0)
-        session.add(row)
+    # create the row if missing without racing a concurrent first batch, then lock it
+    session.execute(_insert(session, TelemetryStream).on_conflict_do_nothing(
+        index_elements=["device_id", "stream"]), [{"device_id": device_id, "stream": batch.stream, "max_seq": 0,
+                                                   "dropped_total": 0, "stored": 0, "duplicates": 0,
+                                                   "updated_at": utcnow()}])
+    row = session.get(TelemetryStream, (device_id, batch.stream), with_for_update=True, populate_existing=True)
+    assert row is not None
     row.max_seq = max(row.max_seq or 0, batch.last_seq)
     row.dropped_total = max(row.dropped_total or 0, batch.dropped_total)
     row.stored = (row.stored or 0) + len(new)
     row.duplicates = (row.duplicates or 0) + dups
     row.updated_at = utcnow()
-    for e in new:
-        at = _ts(e.ts)
-        if row.last_event_at is None or at >= row.last_event_at:
-            row.last_event_at = at
-            if e.kind is TelemetryKind.MEMORY and _int(e.body, "rss_bytes") is not None:
-                row.rss_bytes = _int(e.body, "rss_bytes")
-            if _int(e.body, "model_version") is not None:
-                row.model_version = _int(e.body, "model_version")
+    if not new:
+        return
+    newest = max(new, key=lambda e: e.ts)
+    at = _ts(newest.ts)
+    if row.last_event_at is None or at >= row.last_event_at:
+        row.last_event_at = at
+        versioned = [e for e in new if _int(e.body, "model_version") is not None]
+        if versioned:
+            row.model_version = _int(max(versioned, key=lambda e: e.ts).body, "model_version")
+        memory = [e for e in new if e.kind is TelemetryKind.MEMORY and _int(e.body, "rss_bytes") is not None]
+        if memory:
+            row.rss_bytes = _int(max(memory, key=lambda e: e.ts).body, "rss_bytes")
 
 
 # ---- reads ------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from edgegen.fleet.auth import AdminDep, DeviceDep, SessionDep
 from edgegen.fleet.db import Device
@@ -57,11 +56,7 @@ def ingest(body: BatchIn, device: DeviceDep, session: SessionDep) -> dict[str, A
     if seqs != sorted(set(seqs)):
         raise HTTPException(422, "events must be in strictly increasing seq order")
     batch = Batch(body.stream, tuple(Event(e.seq, e.ts, e.kind, e.body) for e in body.events), body.dropped_total)
-    try:
-        ack = store.ingest(session, device.id, batch)
-    except IntegrityError:  # a concurrent first batch of a new stream won the race: retry once
-        session.rollback()
-        ack = store.ingest(session, device.id, batch)
+    ack = store.ingest(session, device.id, batch)
     return {"stored": ack.stored, "duplicates": ack.duplicates, "acked_seq": ack.acked_seq}
 
 
