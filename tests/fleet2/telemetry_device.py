@@ -52,8 +52,11 @@ def main() -> None:
         assert tel.uploader is not None
         tel.uploader.transport = KillAfterSend(tel.uploader.transport, p_kill)
     stop = threading.Event()
-    poller = threading.Thread(target=agent.run, args=(stop,), kwargs={"until": lambda _: (tel.sample_memory(), False)[1]},
-                              daemon=True)
+    def until(_outcome: str) -> bool:
+        tel.sample_memory()  # once per poll, as `edgegen agent run` does
+        return False
+
+    poller = threading.Thread(target=agent.run, args=(stop,), kwargs={"until": until}, daemon=True)
     poller.start()
     n = 0
     while not stop_file.exists():

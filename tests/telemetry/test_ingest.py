@@ -4,6 +4,7 @@ and counters, including concurrent duplicate batches."""
 from __future__ import annotations
 
 import threading
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
