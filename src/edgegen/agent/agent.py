@@ -194,6 +194,7 @@ class Agent:
         self.journal.save(state)
         if act is not None:
             self.server.start(self.slots.model_path(act.slot))
+            self._note_server()
         self._recovered = True
         return act
 
@@ -316,6 +317,7 @@ class Agent:
             elif step == "switch":
                 act = self.slots.switch(upd["slot"], manifest)
                 self.server.swap(self.slots.model_path(act.slot))
+                self._note_server()
                 hw = state["high_water"]
                 hw[manifest.name] = max(hw.get(manifest.name, 0), manifest.version)
                 upd["step"] = "report"
@@ -337,6 +339,10 @@ class Agent:
         self._queue(state, "health_failed", ok=False, version=upd["version"], reason=reason)
         self.journal.save(state)
         return "health_failed"
+
+    def _note_server(self) -> None:
+        if self.server.url:
+            atomic_write(self.dir / "serve.json", json.dumps({"url": self.server.url}).encode(), label="serve")
 
     def _part(self, sha: str) -> Path:
         return self.dir / "downloads" / f"{sha}.part"

@@ -27,6 +27,7 @@ class HealthPolicy:
     n_tokens: int = 4
     prompt: str = "Once upon a time"
     n_ctx: int = 256
+    n_threads: int | None = 1  # a few tokens need no thread pool (and spin-waiting threads stall on busy CPUs)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def check_health(path: Path, policy: HealthPolicy = HealthPolicy()) -> HealthRep
 
     t0 = time.perf_counter()
     try:
-        engine = Engine(path, n_ctx=policy.n_ctx)
+        engine = Engine(path, n_ctx=policy.n_ctx, n_threads=policy.n_threads)
     except EdgegenError as exc:
         raise HealthCheckError(f"the model does not load: {exc}") from exc
     load_s = time.perf_counter() - t0

@@ -6,9 +6,11 @@
                              uvicorn thread; ``swap`` hands it a new model file and returns once new
                              requests go to the new model, without dropping in-flight ones
 
-When ``edgegen.serve`` offers no app factory yet, ``EdgeServer`` falls back to a minimal chat
-endpoint (``/v1/chat/completions``, non-streaming) over one ``Engine`` behind a lock: a swap loads
-the new engine first, then takes the lock (waiting for the in-flight request) and exchanges them.
+``EdgeServer`` uses the Edge server's own app factory and engine swap (``replace_engine``): the new
+engine is loaded while the old one serves, requests admitted after the swap go to the new one and
+in-flight generations finish on the old one. Its model id is ``<name>@v<version>`` (from the slot's
+manifest), so every answer says which version produced it. Observers (Fleet II telemetry) receive a
+``GenerationRecord`` per generation request, taken from the HTTP exchange.
 """
 
 from __future__ import annotations
@@ -49,57 +51,67 @@ class NullServer:
         self.model_path = None
 
 
-class _FallbackChat:
-    """Minimal chat app over one Engine; used only until ``edgegen.serve`` provides its factory."""
+class _Observe:
+    """ASGI wrapper: after each /v1/chat/completions or /v1/completions request, hand a
+    ``GenerationRecord`` (prompt, token usage, timing, outcome) to the observers (Fleet II telemetry).
+    Works from the public HTTP exchange only; streamed answers carry no usage, so tokens are 0 there."""
 
-    def __init__(self, model_path: Path, n_ctx: int) -> None:
-        from edgegen.runtime.engine import Engine
+    PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion"}
 
-        self.n_ctx = n_ctx
-        self._lock = threading.Lock()
-        self.engine = Engine(model_path, n_ctx=n_ctx)
-        self.model_path = model_path
+    def __init__(self, app: Any, observers: list[Any]) -> None:
+        self.app, self.observers = app, observers
 
-    def swap(self, model_path: Path) -> None:
-        from edgegen.runtime.engine import Engine
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        op = self.PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if op is None or not self.observers:
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        request, response, status = bytearray(), bytearray(), [0]
 
-        new = Engine(model_path, n_ctx=self.n_ctx)  # load outside the lock: requests keep flowing
-        with self._lock:
-            old, self.engine, self.model_path = self.engine, new, model_path
-        old.close()
+        async def receive_() -> Any:
+            message = await receive()
+            if message["type"] == "http.request" and len(request) < 1 << 20:
+                request.extend(message.get("body", b""))
+            return message
 
-    def app(self) -> Any:
-        from fastapi import FastAPI
-        from starlette.concurrency import run_in_threadpool
+        async def send_wrapped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and len(response) < 1 << 20:
+                response.extend(message.get("body", b""))
+            await send(message)
 
-        from edgegen.runtime.engine import SamplingParams
+        try:
+            await self.app(scope, receive_, send_wrapped)
+        finally:
+            self._observe(op, bytes(request), bytes(response), status[0], time.perf_counter() - t0)
 
-        api = FastAPI(title="edgegen agent (fallback chat)")
+    def _observe(self, op: str, request: bytes, response: bytes, status: int, total_s: float) -> None:
+        import json
 
-        @api.get("/health")
-        def health() -> dict[str, str]:
-            return {"status": "ok", "model": self.model_path.name}
+        from edgegen.telemetry.events import GenerationRecord
 
-        @api.post("/v1/chat/completions")
-        async def chat(body: dict[str, Any]) -> dict[str, Any]:
-            params = SamplingParams(max_tokens=int(body.get("max_tokens") or 64),
-                                    temperature=float(body.get("temperature", 0.0)),
-                                    seed=body.get("seed"))
-
-            def run() -> Any:
-                with self._lock:
-                    return self.engine.chat(body["messages"], params), str(self.model_path)
-
-            out, path = await run_in_threadpool(run)
-            return {
-                "object": "chat.completion", "model": path, "created": int(time.time()),
-                "choices": [{"index": 0, "finish_reason": out.finish_reason,
-                             "message": {"role": "assistant", "content": out.text}}],
-                "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                          "total_tokens": out.prompt_tokens + out.completion_tokens},
-            }
-
-        return api
+        try:
+            body = json.loads(request or b"{}")
+            users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
+            prompt = str(users[-1] if users else body.get("prompt", ""))
+        except (ValueError, AttributeError):
+            prompt = ""
+        try:
+            usage = json.loads(response).get("usage") or {}
+        except (ValueError, AttributeError):
+            usage = {}
+        ok = 200 <= status < 300
+        rec = GenerationRecord(
+            prompt=prompt, prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)), ttft_s=None, total_s=total_s, ok=ok,
+            error=None if ok else f"HTTP {status}", operation=op)
+        for observer in list(self.observers):
+            try:
+                observer(rec)
+            except Exception:
+                log.exception("generation observer failed")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -109,43 +121,66 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EdgeServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, n_ctx: int = 2048) -> None:
-        self.host, self.port, self.n_ctx = host, port, n_ctx
+    """The Edge server (``edgegen.serve``) in a background thread, serving one slot's model."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, n_ctx: int = 2048,
+                 n_threads: int | None = None, config: Any = None) -> None:
+        self.host, self.port, self.n_ctx, self.n_threads = host, port, n_ctx, n_threads
+        self.config = config  # an edgegen.serve.ServerConfig (None: its defaults)
         self.url: str | None = None
-        self._backend: Any = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self.observers: list[Any] = []  # callables(GenerationRecord), e.g. the telemetry recorder
+        self._runner: Any = None
+        self._app: Any = None
+
+    def _engine(self, model_path: Path) -> Any:
+        from edgegen.runtime.engine import Engine
+
+        return Engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads)
 
     def start(self, model_path: Path) -> None:
-        import uvicorn
+        from edgegen.serve import BackgroundServer, ServerConfig, create_app
 
-        self._backend = _FallbackChat(model_path, self.n_ctx)
-        port = self.port or free_port(self.host)
-        config = uvicorn.Config(self._backend.app(), host=self.host, port=port, log_level="warning",
-                                lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="edge-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the edge server did not start")
-            time.sleep(0.02)
-        self.url = f"http://{self.host}:{port}"
-        log.info("edge server on %s serving %s", self.url, model_path)
+        engine = self._engine(model_path)  # a model that does not load fails here, before binding
+        config = self.config or ServerConfig()
+        config.model_id = model_id(model_path)
+        if self.observers:  # Fleet II: token log-probabilities feed the drift/quality signals
+            import dataclasses
+
+            config.sampling = dataclasses.replace(config.sampling, logprobs=True)
+        self._app = create_app(None, config)
+        server = self._app.state.server
+        if isinstance(getattr(server, "observers", None), list):
+            server.observers = self.observers  # the server's own records: TTFT, tokens, logprobs
+            app = self._app
+        else:
+            app = _Observe(self._app, self.observers)
+        self._runner = BackgroundServer(app, self.host, self.port).start()
+        self._app.state.server.replace_engine(engine, model_id=config.model_id)
+        self.url = self._runner.url
+        log.info("edge server on %s serving %s", self.url, config.model_id)
 
     def swap(self, model_path: Path) -> None:
-        if self._backend is None:
+        """Load the new model beside the old one, then switch: requests admitted from now on use it,
+        in-flight ones finish on the old model, which is closed afterwards."""
+        if self._runner is None:
             self.start(model_path)
-        else:
-            self._backend.swap(model_path)
+            return
+        engine = self._engine(model_path)
+        self._app.state.server.replace_engine(engine, model_id=model_id(model_path))
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._backend is not None:
-            self._backend.engine.close()
-        self._backend = self._server = self._thread = None
+        if self._runner is not None:
+            self._runner.stop()
+        self._runner = self._app = None
         self.url = None
+
+
+def model_id(model_path: Path) -> str:
+    """``<name>@v<version>`` from the slot's manifest beside the model file, else the file name."""
+    import json
+
+    try:
+        signed = json.loads((Path(model_path).parent / "manifest.json").read_bytes())["signed"]
+        return f"{signed['name']}@v{signed['version']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(model_path).name

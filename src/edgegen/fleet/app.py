@@ -49,4 +49,7 @@ def create_app(config: ControlPlaneConfig, extra_routers: Iterable[APIRouter] = 
     app.state.fleet = plane
     for router in [*discover_routers(), *extra_routers]:
         app.include_router(router)
+        hook = getattr(router, "install_plane", None)  # Fleet II: e.g. the rollout-aware desired policy
+        if hook is not None:
+            hook(plane)
     return app

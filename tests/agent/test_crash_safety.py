@@ -1,0 +1,154 @@
+"""Crash safety: SIGKILL the agent at 30+ points during updates, deterministically chosen (seeded),
+and after every restart demand exactly one verified, loadable active model and convergence to the
+desired version.
+
+Agents run as real processes forked from a ``forkserver`` that has the imports done (a cold Python
+start with llama.cpp costs seconds on a loaded CI box). Two kinds of kill:
+  * at named crash points (``EDGEGEN_AGENT_CRASH_AT=point:n``: the agent SIGKILLs itself the n-th
+    time it reaches ``point``): mid download, mid install, mid health check, mid switch, mid journal
+    write, before a report is sent; one update may be crashed up to four times in a row (crashes
+    during recovery from the previous crash);
+  * by the harness, ``SIGKILL`` after a seeded random delay, wherever the agent happens to be.
+The count and the distribution over update phases are printed and asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from agent_kit import agent_child, check_device, make_agent
+
+SEED = 20261123
+# crash point -> how many times it may be reached during one update (draw n in 1..max)
+POINTS = {
+    "update.started": 1, "download.chunk": 10, "step.download.before_save": 1,
+    "install.chunk": 4, "install.before_replace": 1, "install.before_manifest": 1,
+    "slot_manifest.partial": 1, "slot_manifest.before_replace": 1, "step.install.before_save": 1,
+    "health.loaded": 1, "step.health.before_save": 1,
+    "switch.before_pointer": 1, "pointer.partial": 1, "pointer.before_replace": 1, "step.switch.before_save": 1,
+    "journal.partial": 10, "journal.before_replace": 10, "report.before_send": 2,
+}
+PHASE = {"update": "download", "download": "download", "step.download": "download", "install": "install",
+         "slot_manifest": "install", "step.install": "install", "health": "health", "step.health": "health",
+         "switch": "switch", "pointer": "switch", "step.switch": "switch", "journal": "journal",
+         "report": "report"}
+WEIGHT = {"download.chunk": 5, "install.chunk": 2, "pointer.partial": 2, "journal.partial": 2}
+ORDER = ["download", "install", "health", "switch", "report"]  # journal writes happen in every phase
+N_POINT_KILLS = 36
+N_TIMER_KILLS = 10
+
+
+def phase(point: str) -> str:
+    for prefix in sorted(PHASE, key=len, reverse=True):
+        if point.startswith(prefix + "."):
+            return PHASE[prefix]
+    return "other"
+
+
+def schedule(rng: random.Random) -> list[list[str]]:
+    """Chains of crash specs, one chain per update, in update order (a restart after a crash resumes
+    the update, so a later point of the same update is still ahead). Every point appears at least once."""
+    names = sorted(POINTS)
+    weights = [WEIGHT.get(n, 1) for n in names]
+    picks = names + rng.choices(names, weights, k=N_POINT_KILLS - len(names))
+    rng.shuffle(picks)
+    chains: list[list[str]] = []
+    while picks:
+        chain = picks[: rng.randint(1, 4)]
+        del picks[: len(chain)]
+        chain.sort(key=lambda p: ORDER.index(phase(p)) if phase(p) in ORDER else rng.randint(0, 4))
+        chains.append([f"{p}:{rng.randint(1, POINTS[p])}" for p in chain])
+    return chains
+
+
+@pytest.fixture(scope="module")
+def forkserver():
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["agent_kit", "edgegen.agent.agent", "edgegen.agent.health",
+                                "edgegen.runtime.engine", "llama_cpp", "zstandard", "httpx"])
+    return ctx
+
+
+def run_agent(ctx, data_dir: Path, url: str, crash: str | None = None, kill_after: float | None = None,
+              timeout: float = 120.0) -> int:
+    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash))
+    p.start()
+    if kill_after is not None:
+        p.join(kill_after)
+        if p.exitcode is None:
+            os.kill(p.pid, signal.SIGKILL)
+    p.join(timeout)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+        pytest.fail(f"agent did not finish within {timeout}s (crash={crash})")
+    return p.exitcode
+
+
+def test_sigkill_at_random_points_during_updates(fleet, model_versions, tmp_path, forkserver, capsys) -> None:
+    rng = random.Random(SEED)
+    data = tmp_path / "device"
+    fleet.publish(model_versions[1], 1)
+    agent = make_agent(fleet.url, data)
+    agent.enroll(fleet.token())
+    agent.close()
+    assert run_agent(forkserver, data, fleet.url) == 0
+    assert check_device(data)[0] == 1
+
+    desired = 1
+    kills: Counter[str] = Counter()
+    by_phase: Counter[str] = Counter()
+    not_reached: list[str] = []
+    timer_kills = restarts = 0
+    delays = [round(rng.uniform(0.05, 1.2), 3) for _ in range(N_TIMER_KILLS)]
+    plan = [("point", chain) for chain in schedule(rng)] + [("timer", delays[i : i + 2])
+                                                           for i in range(0, len(delays), 2)]
+    for kind, chain in plan:
+        desired += 1
+        fleet.publish(model_versions[1 + (desired - 1) % 8], desired, architecture="llama", quantization="F32")
+        for spec in chain:
+            if kind == "point":
+                code = run_agent(forkserver, data, fleet.url, crash=spec)
+            else:
+                code = run_agent(forkserver, data, fleet.url, kill_after=float(spec))
+            restarts += 1
+            if code == -signal.SIGKILL:
+                if kind == "point":
+                    kills[spec] += 1
+                    by_phase[phase(spec.rsplit(":", 1)[0])] += 1
+                else:
+                    timer_kills += 1
+                    by_phase["timer"] += 1
+            else:
+                assert code == 0, f"agent exited with {code} after {spec}"
+                not_reached.append(spec)  # the update completed before reaching the point
+            # After every run, killed or not: exactly one verified, loadable active model.
+            version, _slot = check_device(data)
+            assert version in (desired - 1, desired), (spec, version, desired)
+        # A restart without faults converges to the desired version.
+        assert run_agent(forkserver, data, fleet.url) == 0
+        version, _slot = check_device(data)
+        assert version == desired, f"did not converge after {chain}: running v{version}, desired v{desired}"
+        journal = json.loads((data / "journal.json").read_text())
+        assert journal["update"] is None and not journal["outbox"], "update or reports left pending"
+
+    total = sum(kills.values()) + timer_kills
+    summary = {"seed": SEED, "sigkills": total, "at_points": sum(kills.values()), "timer_kills": timer_kills,
+               "by_phase": dict(sorted(by_phase.items())), "points": dict(sorted(kills.items())),
+               "not_reached": not_reached, "updates": desired - 1, "agent_runs": restarts + len(plan)}
+    with capsys.disabled():
+        print("\ncrash harness:", json.dumps(summary))
+    assert sum(kills.values()) >= 30, summary
+    for needed in ("download", "install", "switch", "health", "journal"):
+        assert by_phase[needed] >= 1, f"no kill during {needed}: {summary}"
+    # The control plane heard every switch despite the crashes.
+    switched = {e["version"] for e in fleet.events() if e["kind"] == "switched"}
+    assert set(range(2, desired + 1)) <= switched
