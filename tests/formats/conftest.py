@@ -45,21 +45,23 @@ def _build_hf_folder(gguf_path: Path, dest: Path) -> None:
 
 @pytest.fixture(scope="session")
 def smol_hf_dir(smollm2_q4_1: Path, cache_home: Path) -> Path:
-    try:
-        import accelerate  # noqa: F401  (transformers needs it to load a GGUF)
-        import transformers
-    except ImportError as exc:
-        pytest.skip(f"transformers cannot load a GGUF here ({exc}); install the 'compress' extra")
-    dest = cache_home / "derived" / f"SmolLM2-135M-Instruct-hf-transformers{transformers.__version__}"
+    import importlib.metadata
+    import importlib.util
+
+    missing = [m for m in ("transformers", "accelerate", "torch") if importlib.util.find_spec(m) is None]
+    if missing:  # accelerate: transformers needs it to load a GGUF
+        pytest.skip(f"transformers cannot load a GGUF here (missing {', '.join(missing)}); install 'compress'")
+    version = importlib.metadata.version("transformers")
+    dest = cache_home / "derived" / f"SmolLM2-135M-Instruct-hf-transformers{version}"
     if (dest / "model.safetensors").exists() and (dest / "tokenizer.json").exists():
-        return dest
+        return dest  # built by an earlier run (without importing torch this time)
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _build_hf_folder(smollm2_q4_1, tmp)
     except Exception as exc:  # transformers versions differ in what GGUF loading supports
         shutil.rmtree(tmp, ignore_errors=True)
-        pytest.skip(f"transformers {transformers.__version__} could not turn the GGUF into an HF folder: {exc!r}")
+        pytest.skip(f"transformers {version} could not turn the GGUF into an HF folder: {exc!r}")
     with contextlib.suppress(OSError):
         shutil.rmtree(dest)
     os.replace(tmp, dest)
