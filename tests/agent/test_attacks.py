@@ -104,7 +104,8 @@ def test_rollback_attack(fleet, device, model_versions) -> None:  # type: ignore
     fleet.publish(model_versions[2], 2)
     assert device.run_once() == "switched"
     # The mirror now claims v1 (a genuine, validly signed, older manifest) is the desired version.
-    device.mirror.on(r"/v1/device/desired$", lambda q, r: replace_body(r, json.dumps({**r.json(), "version": 1}).encode()))
+    device.mirror.on(r"/v1/device/desired$",
+                     lambda q, r: replace_body(r, json.dumps({**r.json(), "version": 1}).encode()))
     attack(fleet, device, "RollbackError")
     assert check_device(device.dir)[0] == 2
 
@@ -201,7 +202,8 @@ def test_enrolment_pins_the_root_key(fleet, tmp_path) -> None:  # type: ignore[n
     fake_root = sign(RootMeta.make_signed(1, datetime.now(timezone.utc) + timedelta(days=9), [evil.public],
                                           [evil.public]), [evil])
     mirror = HostileTransport()
-    mirror.on(r"/v1/enroll$", lambda q, r: replace_body(r, json.dumps({**r.json(), "root_chain": [fake_root]}).encode()))
+    mirror.on(r"/v1/enroll$",
+              lambda q, r: replace_body(r, json.dumps({**r.json(), "root_chain": [fake_root]}).encode()))
     agent = make_agent(fleet.url, tmp_path / "d", transport=mirror)
     with pytest.raises(Exception, match="pinned key"):
         agent.enroll(fleet.token())

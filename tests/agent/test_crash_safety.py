@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import random
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -43,7 +42,7 @@ PHASE = {"update": "download", "download": "download", "step.download": "downloa
 WEIGHT = {"download.chunk": 5, "install.chunk": 2, "pointer.partial": 2, "journal.partial": 2}
 ORDER = ["download", "install", "health", "switch", "report"]  # journal writes happen in every phase
 N_POINT_KILLS = 36
-N_TIMER_KILLS = 10
+N_TIMER_KILLS = 8
 
 
 def phase(point: str) -> str:

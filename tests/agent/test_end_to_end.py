@@ -40,9 +40,9 @@ def wait_for(predicate, timeout: float, what: str, procs=()):  # type: ignore[no
 
 
 def chat(url: str) -> dict:
-    r = httpx.post(f"{url}/v1/chat/completions", timeout=60,
-                   json={"model": "stories", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 8,
-                         "temperature": 0})
+    body = {"model": "stories", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 8,
+            "temperature": 0}
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=60, json=body)
     r.raise_for_status()
     return r.json()
 

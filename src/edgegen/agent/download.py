@@ -26,7 +26,6 @@ from edgegen.agent.journal import crashpoint
 from edgegen.agent.trust import check_received
 from edgegen.errors import AuthError, FleetError, OversizeError, TrustError
 
-CHUNK = 64 * 1024
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -85,7 +84,7 @@ def download(
                     f.seek(offset)
                     f.truncate()
                     written = offset
-                    for chunk in r.iter_raw(CHUNK):
+                    for chunk in r.iter_raw():  # as received: nothing buffered is lost on a drop
                         if written + len(chunk) > size:
                             f.write(chunk[: size - written])
                             f.close()

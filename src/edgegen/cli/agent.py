@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,16 +32,16 @@ def _labels(items: list[str] | None) -> dict[str, str]:
 @agent_app.command("run")
 def run_cmd(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="the device's state: credential, slots, journal")],
-    server: Annotated[Optional[str], typer.Option("--server", help="control plane URL")] = None,
-    enroll_token: Annotated[Optional[str], typer.Option("--enroll-token", help="one-time token (first run)")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="control plane URL")] = None,
+    enroll_token: Annotated[str | None, typer.Option("--enroll-token", help="one-time token (first run)")] = None,
     name: Annotated[str, typer.Option("--name", help="device name shown to the admin")] = "",
-    label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY=VALUE, repeatable")] = None,
-    poll_interval: Annotated[Optional[float], typer.Option("--poll-interval", help="seconds")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable")] = None,
+    poll_interval: Annotated[float | None, typer.Option("--poll-interval", help="seconds")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="run the Edge server on the active slot")] = True,
-    host: Annotated[Optional[str], typer.Option("--host", help="Edge server host")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="Edge server port (0: any free port)")] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Edge server threads")] = None,
-    max_latency: Annotated[Optional[float], typer.Option("--max-latency", help="health check bound, s")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Edge server host")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Edge server port (0: any free port)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Edge server threads")] = None,
+    max_latency: Annotated[float | None, typer.Option("--max-latency", help="health check bound, s")] = None,
     once: Annotated[bool, typer.Option("--once", help="one poll (carrying any update through), then exit")] = False,
     until_current: Annotated[bool, typer.Option("--until-current", help="exit once running the desired version")]
     = False,

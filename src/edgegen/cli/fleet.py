@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -18,10 +18,10 @@ fleet_app = typer.Typer(help="Fleet control plane: signed model registry, enrolm
 keys_app = typer.Typer(help="Publisher keys and root metadata (Ed25519).", no_args_is_help=True)
 fleet_app.add_typer(keys_app, name="keys")
 
-ServerOpt = Annotated[Optional[str], typer.Option("--server", help="control plane URL")]
-TokenOpt = Annotated[Optional[str], typer.Option("--admin-token", help="admin API token "
+ServerOpt = Annotated[str | None, typer.Option("--server", help="control plane URL")]
+TokenOpt = Annotated[str | None, typer.Option("--admin-token", help="admin API token "
                                                  "(default: EDGEGEN_FLEET__ADMIN_TOKEN or <data>/admin_token)")]
-KeysOpt = Annotated[Optional[Path], typer.Option("--keys", help="keyring directory (default: <data>/keys)")]
+KeysOpt = Annotated[Path | None, typer.Option("--keys", help="keyring directory (default: <data>/keys)")]
 
 
 def _fleet(name: str, default: Any = None) -> Any:
@@ -64,8 +64,8 @@ def _print_json(data: Any) -> None:
 
 @fleet_app.command("serve")
 def serve_cmd(
-    db: Annotated[Optional[str], typer.Option("--db", help="database URL (default: sqlite:///<data>/fleet.db)")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="data directory (blobs, sqlite, admin token)")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="database URL (default: sqlite:///<data>/fleet.db)")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="data directory (blobs, sqlite, admin token)")] = None,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8700,
     keys: KeysOpt = None,
@@ -145,8 +145,8 @@ def keys_push_cmd(keys: KeysOpt = None, server: ServerOpt = None, admin_token: T
 def publish_cmd(
     artifact: Annotated[Path, typer.Argument(help="the model file (GGUF)")],
     name: Annotated[str, typer.Option("--name", help="model name devices follow")],
-    version: Annotated[Optional[int], typer.Option("--version", help="default: latest + 1")] = None,
-    expires_days: Annotated[Optional[float], typer.Option("--expires-days")] = None,
+    version: Annotated[int | None, typer.Option("--version", help="default: latest + 1")] = None,
+    expires_days: Annotated[float | None, typer.Option("--expires-days")] = None,
     keys: KeysOpt = None,
     server: ServerOpt = None,
     admin_token: TokenOpt = None,
@@ -168,10 +168,10 @@ def publish_cmd(
 
 @fleet_app.command("enroll-token")
 def enroll_token_cmd(
-    model: Annotated[Optional[str], typer.Option("--model", help="the model the device will follow")] = None,
-    group: Annotated[Optional[str], typer.Option("--group")] = None,
-    label: Annotated[Optional[list[str]], typer.Option("--label", help="KEY=VALUE, repeatable")] = None,
-    ttl_s: Annotated[Optional[float], typer.Option("--ttl-s", help="token lifetime in seconds")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="the model the device will follow")] = None,
+    group: Annotated[str | None, typer.Option("--group")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable")] = None,
+    ttl_s: Annotated[float | None, typer.Option("--ttl-s", help="token lifetime in seconds")] = None,
     server: ServerOpt = None,
     admin_token: TokenOpt = None,
 ) -> None:
@@ -202,7 +202,7 @@ def devices_cmd(server: ServerOpt = None, admin_token: TokenOpt = None) -> None:
 
 @fleet_app.command("events")
 def events_cmd(
-    device: Annotated[Optional[str], typer.Option("--device")] = None,
+    device: Annotated[str | None, typer.Option("--device")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 50,
     server: ServerOpt = None,
     admin_token: TokenOpt = None,

@@ -109,7 +109,8 @@ class Keyring:
             self.root_key = new_key
         else:
             self.targets_key = new_key
-        signed = RootMeta.make_signed(self.root.version + 1, (now or datetime.now(timezone.utc)) + timedelta(days=expires_days),
+        expires = (now or datetime.now(timezone.utc)) + timedelta(days=expires_days)
+        signed = RootMeta.make_signed(self.root.version + 1, expires,
                                       [self.root_key.public], [self.targets_key.public])
         signers = [old_root_key] if role == "targets" else [old_root_key, new_key]
         env = sign(signed, signers)

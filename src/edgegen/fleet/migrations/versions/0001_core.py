@@ -1,7 +1,7 @@
 """core fleet tables
 
 Revision ID: 0001_core
-Revises: 
+Revises:
 Create Date: 2026-11-23 11:42:15.894958
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-
 
 revision = '0001_core'
 down_revision = None

@@ -1,0 +1,66 @@
+"""The fleet CLI in-process (``edgegen.cli.main``) against a live control plane: keys, publish,
+enroll-token, revoke, devices, events; bad input exits 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from fleet_kit import ADMIN_TOKEN
+
+from edgegen.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_keys_init_show_rotate(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    keys = str(tmp_path / "keys")
+    code, out, _ = run(capsys, "fleet", "keys", "init", "--keys", keys)
+    assert code == 0 and json.loads(out)["root_version"] == 1
+    for name in ("root.key", "targets.key"):
+        assert stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode) == 0o600
+    code, _, err = run(capsys, "fleet", "keys", "init", "--keys", keys)
+    assert code == 2 and "already holds a keyring" in err
+    code, out, _ = run(capsys, "fleet", "keys", "rotate", "--role", "root", "--keys", keys)
+    shown = json.loads(out)
+    assert code == 0 and shown["root_version"] == 2
+    code, out, _ = run(capsys, "fleet", "keys", "show", "--keys", keys)
+    assert json.loads(out)["root_keyid"] == shown["root_keyid"]
+    assert list((tmp_path / "keys" / "retired").glob("root-*.key"))
+    code, _, err = run(capsys, "fleet", "keys", "rotate", "--role", "snapshot", "--keys", keys)
+    assert code == 2 and "unknown role" in err
+
+
+def test_publish_enrol_revoke(fleet, model_versions, capsys) -> None:  # type: ignore[no-untyped-def]
+    common = ["--server", fleet.url, "--admin-token", ADMIN_TOKEN]
+    keys = ["--keys", str(fleet.keyring.dir)]
+    code, out, err = run(capsys, "fleet", "publish", str(model_versions[1]), "--name", "stories", *keys, *common)
+    assert code == 0, err
+    assert json.loads(out)["version"] == 1
+    code, out, _ = run(capsys, "fleet", "publish", str(model_versions[2]), "--name", "stories", *keys, *common)
+    assert json.loads(out)["version"] == 2  # latest + 1 by default
+    code, _, err = run(capsys, "fleet", "publish", str(model_versions[3]), "--name", "stories", "--version", "2",
+                       *keys, *common)
+    assert code == 2 and "not newer" in err
+    code, out, _ = run(capsys, "fleet", "enroll-token", "--model", "stories", "--label", "site=lab", *common)
+    token = out.strip()
+    assert code == 0 and token.startswith("egt_")
+    from agent_kit_bridge import enroll_device
+
+    device_id = enroll_device(fleet.url, token)
+    code, out, _ = run(capsys, "fleet", "devices", *common)
+    assert [d["labels"] for d in json.loads(out)] == [{"site": "lab"}]
+    code, out, _ = run(capsys, "fleet", "revoke", device_id, "--reason", "test", *common)
+    assert code == 0 and json.loads(out)["revoked"] is True
+    code, out, _ = run(capsys, "fleet", "events", "--device", device_id, *common)
+    assert [e["kind"] for e in json.loads(out)] == ["revoked", "enrolled"]
+    code, _, err = run(capsys, "fleet", "enroll-token", "--label", "nolabel", *common)
+    assert code == 2 and "KEY=VALUE" in err
+    code, _, err = run(capsys, "fleet", "devices", "--server", fleet.url, "--admin-token", "wrong")
+    assert code == 1 and "401" in err
