@@ -124,8 +124,9 @@ class Registry:
         self.shas[version] = rel.manifest.sha256
         return rel.manifest.sha256
 
-    def publish_file(self, client: RolloutClient, name: str, version: int, path: Path) -> str:
-        rel = build_release(path, name=name, version=version, key=self.keys.targets_key, work_dir=self.work)
+    def publish_file(self, client: RolloutClient, name: str, version: int, path: Path, zstd: bool = True) -> str:
+        rel = build_release(path, name=name, version=version, key=self.keys.targets_key, work_dir=self.work,
+                            zstd_level=3 if zstd else None)
         client.publish(rel)
         self.shas[version] = rel.manifest.sha256
         return rel.manifest.sha256

@@ -193,6 +193,16 @@ def test_quality_gate_against_baseline() -> None:
     assert decide(r, [dev], 1.0, Baseline()).action is Action.HOLD  # no baseline: cannot judge
 
 
+def test_latency_ratio_gate_against_the_previous_version() -> None:
+    r = make(gates=(Gate(GateMetric.P95_LATENCY_RATIO, 3.0),))
+    (canary,) = r.members()
+    slow = healthy(canary, latencies_ms=(1000.0,) * 20)
+    assert decide(r, [slow], 1.0, Baseline(p95_latency_ms=200.0)).action is Action.HALT  # 5x slower
+    assert decide(r, [slow], 1.0, Baseline(p95_latency_ms=500.0)).action is Action.ADVANCE  # 2x: tolerated
+    assert decide(r, [slow], 1.0, Baseline()).action is Action.HOLD  # no baseline yet: cannot judge
+    assert Gate.parse("p95_latency_ratio<3@2") == Gate(GateMetric.P95_LATENCY_RATIO, 3.0, 2)
+
+
 def test_drift_gate() -> None:
     r = make(gates=(Gate(GateMetric.DRIFT_RATE, 0.0),))
     (canary,) = r.members()

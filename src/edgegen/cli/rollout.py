@@ -52,7 +52,7 @@ def rollout_cmd(
     stages: Annotated[str, typer.Option("--stages", help="cumulative percentages")] = "10,50,100",
     gate: Annotated[list[str] | None, typer.Option(
         "--gate", help="METRIC<VALUE[@MIN_DEVICES], repeatable; metrics: update_failure_rate, error_rate, "
-                       "p95_latency_ms, logprob_drop, drift_rate")] = None,
+                       "p95_latency_ms, p95_latency_ratio, logprob_drop, drift_rate")] = None,
     bake: Annotated[float, typer.Option("--bake", help="seconds each stage must run before advancing")] = 0.0,
     settle: Annotated[float, typer.Option("--settle", help="share of a stage that must have installed")] = 1.0,
     rollback: Annotated[bool, typer.Option("--rollback/--no-rollback",

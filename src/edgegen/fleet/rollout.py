@@ -20,8 +20,9 @@ halt or an abort points every touched device at it. Devices that never installed
 version go back to what they ran before (their ``baseline``). A halted rollout cannot resume
 (its touched devices would have to go "back" to an older version number); publish a fixed version.
 
-Gates are thresholds on update failure rate, error rate, p95 latency, quality (drop of the mean
-output log-probability against the previous version's baseline) and drift alerts, each needing a
+Gates are thresholds on update failure rate, error rate, p95 latency (absolute, or as a ratio to the
+previous version's p95 on the same group: robust to the load of the moment), quality (drop of the
+mean output log-probability against the previous version's baseline) and drift alerts, each needing a
 minimum number of reporting devices (capped at the stage size, so a 1-device canary can pass).
 Operators pause, resume and abort. A model becomes *staged* with its first rollout (or by the
 operator's choice): from then on a newly published version reaches no device until a rollout
@@ -57,6 +58,7 @@ class GateMetric(str, Enum):
     UPDATE_FAILURE_RATE = "update_failure_rate"  # failed installs / settled devices
     ERROR_RATE = "error_rate"  # failed requests / requests, on the new version
     P95_LATENCY_MS = "p95_latency_ms"  # pooled p95 of request latency on the new version
+    P95_LATENCY_RATIO = "p95_latency_ratio"  # that p95 over the previous version's p95 (same fleet, same load)
     LOGPROB_DROP = "logprob_drop"  # baseline mean token log-prob minus the new one (nats)
     DRIFT_RATE = "drift_rate"  # devices with a drift alert / devices on the new version
 
@@ -221,6 +223,7 @@ class Baseline:
     """The previous version's figures over the same group (for relative gates)."""
 
     mean_logprob: float | None = None
+    p95_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,11 @@ def read_gate(gate: Gate, devices: Sequence[DeviceHealth], baseline: Baseline) -
         rep = [d for d in on if d.latencies_ms]
         reporting = len(rep)
         value = percentile([x for d in rep for x in d.latencies_ms], 95) if rep else None
+    elif gate.metric is GateMetric.P95_LATENCY_RATIO:
+        rep = [d for d in on if d.latencies_ms]
+        reporting = len(rep)
+        if rep and baseline.p95_latency_ms:
+            value = percentile([x for d in rep for x in d.latencies_ms], 95) / baseline.p95_latency_ms
     elif gate.metric is GateMetric.LOGPROB_DROP:
         rep = [d for d in on if d.logprob_n]
         reporting = len(rep)

@@ -38,6 +38,7 @@ from edgegen.fleet.rollout import (
     desired_version,
     held_versions,
     parse_stages,
+    percentile,
 )
 from edgegen.telemetry import store as tstore
 
@@ -261,7 +262,7 @@ def stage_health(session: Session, r: Rollout, created_at: datetime) -> tuple[li
     rows = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(members)))}
     failed = failed_devices(session, members, r.version, created_at - timedelta(seconds=1))
     since = _dt(r.stage_started_at)
-    health = []
+    health: list[DeviceHealth] = []
     for dev_id in members:
         dev = rows.get(dev_id)
         on = dev is not None and dev.active_version == r.version
@@ -273,8 +274,21 @@ def stage_health(session: Session, r: Rollout, created_at: datetime) -> tuple[li
             logprob_n=win.logprob_n if win else 0,
             drift_alert=on and tstore.drift_alert_since(session, dev_id, r.version, since),
         ))
-    baseline = Baseline()
-    if any(g.metric is GateMetric.LOGPROB_DROP for g in r.gates) and r.previous_version is not None:
-        baseline = Baseline(tstore.mean_logprob(session, list(r.devices), r.previous_version,
-                                                created_at - timedelta(days=1)))
-    return health, baseline
+    return health, baseline_of(session, r, created_at)
+
+
+def baseline_of(session: Session, r: Rollout, created_at: datetime) -> Baseline:
+    """The previous version's figures on the rollout's devices: mean log-prob over the day before the
+    rollout and since; p95 latency over the hour before it and since (so, at the first stages,
+    mostly measured alongside the new version, under the same load)."""
+    metrics = {g.metric for g in r.gates}
+    if r.previous_version is None:
+        return Baseline()
+    logprob = p95 = None
+    if GateMetric.LOGPROB_DROP in metrics:
+        logprob = tstore.mean_logprob(session, list(r.devices), r.previous_version, created_at - timedelta(days=1))
+    if GateMetric.P95_LATENCY_RATIO in metrics:
+        lat = [x for d in r.devices for x in tstore.request_window(
+            session, d, r.previous_version, created_at - timedelta(hours=1), limit=1000).latencies_ms]
+        p95 = percentile(lat, 95) if lat else None
+    return Baseline(mean_logprob=logprob, p95_latency_ms=p95)
