@@ -188,7 +188,7 @@ def test_cli_bad_input_exits_2_with_one_line(bad_sources, tmp_path: Path, capsys
         assert code == 2, (case, err)
         assert len(lines) == 1 and lines[0].startswith("error:"), (case, err)
         assert "Traceback" not in err
-        assert not out.exists()
+        assert not out.parent.exists()  # not even the output folder is created for a bad source
     for args in (["--dtype", "q4"], ["-o", str(tmp_path)]):
         code, _, err = _cli(["convert", str(STORIES_DIR), "-o", str(out), *args], capsys)
         assert code == 2 and "Traceback" not in err, err

@@ -47,7 +47,8 @@ def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progres
     src, out = Path(src), Path(out)
     if not src.exists():
         raise ModelNotFoundError(f"model not found: {src}")
-    prepare_output(out)
+    if out.is_dir():  # checked early; folders are only created once the source has been read
+        prepare_output(out)
     if out.exists() and out.resolve() == src.resolve():
         raise OutputError(f"the output {out} is the source itself; choose another file name")
     if src.is_dir():
