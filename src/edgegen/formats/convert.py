@@ -30,8 +30,8 @@ import numpy as np
 
 from edgegen.errors import InvalidModelError, ModelNotFoundError, OutputError, UserInputError
 from edgegen.formats import dequant, hf_llama, tokenizer
-from edgegen.formats.gguf_file import field_value, open_reader, validate_gguf
-from edgegen.formats.gguf_write import PlannedTensor, prepare_output, write_gguf
+from edgegen.formats.gguf_file import field_value, validate_gguf
+from edgegen.formats.gguf_write import PlannedTensor, write_gguf
 from edgegen.formats.hf_folder import FLOAT_DTYPES, index_tensors, read_json
 
 __all__ = ["convert_model", "DTYPES"]
@@ -47,8 +47,8 @@ def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progres
     src, out = Path(src), Path(out)
     if not src.exists():
         raise ModelNotFoundError(f"model not found: {src}")
-    if out.is_dir():  # checked early; folders are only created once the source has been read
-        prepare_output(out)
+    if out.is_dir():  # checked early; missing folders are only created once the source has been read
+        raise OutputError(f"output {out} is a directory; give a file name such as {out / 'model.gguf'}")
     if out.exists() and out.resolve() == src.resolve():
         raise OutputError(f"the output {out} is the source itself; choose another file name")
     if src.is_dir():
@@ -60,7 +60,7 @@ def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progres
 
 
 def _dequantize_gguf(src: Path, out: Path, dtype: str, progress: Progress | None) -> Path:
-    reader = validate_gguf(src) or open_reader(src)  # newer validate_gguf returns the reader it opened
+    reader = validate_gguf(src)  # the reader it opened: the file is parsed once
     arch = field_value(reader, "general.architecture")
     if not arch:
         raise InvalidModelError(f"{src} has no general.architecture; it is not a model GGUF")
