@@ -195,3 +195,16 @@ def test_special_tokens_flags_and_chat_template(tmp_path: Path) -> None:
     assert tokenizer.load_vocab(folder, cfg, 512).chat_template == "{{ y }}"
     with pytest.raises(InvalidModelError):
         tokenizer.load_vocab(folder, cfg, 100)  # more tokens than embedding rows
+
+
+def test_tokenizer_json_of_another_kind_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(STORIES_DIR, folder)
+    (folder / "tokenizer.model").unlink()
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tj["pre_tokenizer"] = {"type": "Whitespace"}
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(UnsupportedArchitectureError):
+        tokenizer.load_vocab(folder, {}, 512)

@@ -147,13 +147,25 @@ def _from_sentencepiece(data: bytes, tj: dict[str, Any] | None) -> tuple[Vocab, 
     return Vocab("llama", tokens, types, scores=scores, add_space_prefix=sp.add_dummy_prefix), sp
 
 
+def _normalizers(tj: dict[str, Any]) -> list[dict[str, Any]]:
+    norm = tj.get("normalizer") or {}
+    return norm.get("normalizers", []) if norm.get("type") == "Sequence" else [norm]
+
+
+def _is_sentencepiece_style(tj: dict[str, Any]) -> bool:
+    """Spaces become ▁ (Metaspace, or the older Replace(" ", "▁") normalizer), or a Unigram model."""
+    if tj.get("model", {}).get("type") == "Unigram":
+        return True
+    if any(s.get("type") == "Metaspace" for s in _steps(tj.get("pre_tokenizer"))):
+        return True
+    return any(s.get("type") == "Replace" and s.get("content") == "▁" for s in _normalizers(tj))
+
+
 def _spm_space_prefix(tj: dict[str, Any]) -> bool:
     for s in _steps(tj.get("pre_tokenizer")):
         if s.get("type") == "Metaspace":
-            return s.get("prepend_scheme", "always") != "never" and s.get("add_prefix_space", True)
-    norm = tj.get("normalizer") or {}
-    steps = norm.get("normalizers", [norm]) if norm.get("type") == "Sequence" else [norm]
-    return any(s.get("type") == "Prepend" for s in steps)
+            return bool(s.get("prepend_scheme", "always") != "never" and s.get("add_prefix_space", True))
+    return any(s.get("type") == "Prepend" for s in _normalizers(tj))
 
 
 def _from_spm_json(tj: dict[str, Any]) -> Vocab:
@@ -257,8 +269,12 @@ def load_vocab(folder: Path, cfg: dict[str, Any], n_vocab: int) -> Vocab:
                 vocab, sp = _from_sentencepiece(spm_path.read_bytes(), tj)
             except InvalidModelError as exc:
                 raise InvalidModelError(f"{folder}: {exc}") from exc
-        elif tj is not None:
+        elif tj is not None and _is_sentencepiece_style(tj):
             vocab = _from_spm_json(tj)
+        elif tj is not None:
+            raise UnsupportedArchitectureError(
+                f"{tj_path} is neither a byte-level BPE nor a SentencePiece-style tokenizer; edgegen cannot map it"
+            )
         else:
             raise InvalidModelError(f"{folder} has no tokenizer (tokenizer.json or tokenizer.model)")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
