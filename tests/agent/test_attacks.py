@@ -208,3 +208,16 @@ def test_enrolment_pins_the_root_key(fleet, tmp_path) -> None:  # type: ignore[n
     with pytest.raises(Exception, match="pinned key"):
         agent.enroll(fleet.token())
     assert not agent.enrolled()
+
+
+def test_forged_root_rotation(fleet, device, model_versions) -> None:  # type: ignore[no-untyped-def]
+    """A mirror offering root v2 signed only by its own key cannot take over the device's trust."""
+    from edgegen.fleet.signing import RootMeta
+
+    evil = SigningKey.generate()
+    forged = canonical_json(sign(RootMeta.make_signed(2, datetime.now(timezone.utc) + timedelta(days=9),
+                                                      [evil.public], [evil.public]), [evil]))
+    device.mirror.on(r"/v1/root/2.json$", lambda q, r: replace_body(httpx.Response(200), forged))
+    fleet.publish(model_versions[2], 2)
+    attack(fleet, device, "SignatureError")
+    assert json.loads((device.dir / "trust" / "root.json").read_text())["signed"]["version"] == 1

@@ -127,6 +127,7 @@ def test_five_devices_follow_published_versions(plane, model_versions, tmp_path)
 
         t = threading.Thread(target=hammer)
         t.start()
+        wait_for(lambda: results or errors, 60, "a first answer from device 0")
         sha2 = publish(2)
         t0 = time.monotonic()
         try:

@@ -221,6 +221,13 @@ def test_rollback_attack(state: TrustedState) -> None:
             state.verify_manifest(signed_manifest(manifest(v)), name="m", now=NOW, active_version=2)
 
 
+def test_high_water_mark_allows_reinstall_but_not_older(state: TrustedState) -> None:
+    # a device that fell back to v1 after its v3 slot rotted may reinstall v3, never v2
+    state.verify_manifest(signed_manifest(manifest(3)), name="m", now=NOW, active_version=1, min_version=3)
+    with pytest.raises(RollbackError, match="already ran"):
+        state.verify_manifest(signed_manifest(manifest(2)), name="m", now=NOW, active_version=1, min_version=3)
+
+
 def test_freeze_attack(state: TrustedState) -> None:
     data = signed_manifest(manifest(expires=NOW))
     with pytest.raises(FreezeError):
@@ -254,8 +261,9 @@ def test_targets_rotation_retires_the_old_key(state: TrustedState) -> None:
 @settings(max_examples=200, deadline=None)
 @given(version=st.integers(1, 20), active=st.one_of(st.none(), st.integers(1, 20)),
        announced=st.one_of(st.none(), st.integers(1, 20)), age_h=st.integers(-48, 48),
-       signer=st.sampled_from(["targets", "attacker", "root"]), same_name=st.booleans())
-def test_decision_table(version, active, announced, age_h, signer, same_name) -> None:
+       signer=st.sampled_from(["targets", "attacker", "root"]), same_name=st.booleans(),
+       high=st.one_of(st.none(), st.integers(1, 20)))
+def test_decision_table(version, active, announced, age_h, signer, same_name, high) -> None:
     """Exactly one verdict per input, in a fixed order: signature, binding, rollback, freeze."""
     state = TrustedState.from_trusted_root(root_bytes(1, [ROOT], [TARGETS], [ROOT]))
     now = NOW + timedelta(hours=age_h)
@@ -265,14 +273,14 @@ def test_decision_table(version, active, announced, age_h, signer, same_name) ->
         expected = SignatureError
     elif not same_name or (announced is not None and announced != version):
         expected = BindingError
-    elif active is not None and version <= active:
+    elif (active is not None and version <= active) or (high is not None and version < high):
         expected = RollbackError
     elif now >= m.expires:
         expected = FreezeError
     else:
         expected = None
     call = lambda: state.verify_manifest(signed_manifest(m, [key]), name="m", now=now,  # noqa: E731
-                                         active_version=active, expected_version=announced)
+                                         active_version=active, expected_version=announced, min_version=high)
     if expected is None:
         assert call() == m
     else:

@@ -107,6 +107,8 @@ def test_corrupted_active_slot_falls_back_to_the_other(fleet, model_versions, tm
     recovered = fresh.recover()
     assert recovered.version == 1 and recovered.slot != act.slot
     assert check_device(fresh.dir)[0] == 1
+    assert fresh.run_once() == "switched"  # v2 (desired, never older than what ran) is reinstalled
+    assert check_device(fresh.dir)[0] == 2
     fresh.close()
 
 

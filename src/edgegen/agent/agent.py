@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -206,7 +207,13 @@ class Agent:
             self.recover()
         try:
             self.flush_reports()
-            self.sync_root()
+            try:
+                self.sync_root()
+            except TrustError as exc:  # a forged or replayed root: no update under a doubtful root
+                outcome = self._refused(self._state(), None, exc)
+                self._status(outcome=outcome, reason=f"{type(exc).__name__}: {exc}")
+                self.flush_reports()
+                return outcome
             desired = self.client().desired()
             outcome = self.update_towards(desired.get("model"), desired.get("version"))
             self._status(outcome=outcome, desired=desired.get("version"))
@@ -259,9 +266,9 @@ class Agent:
 
     def _start(self, state: dict[str, Any], name: str, version: int, act: ActiveRecord | None) -> dict[str, Any]:
         data = self.client().manifest(name, version)
-        running = max([state["high_water"].get(name, 0)] + ([act.version] if act and act.name == name else []))
-        manifest = self.trust().verify_manifest(data, name=name, now=self.clock(),
-                                                active_version=running or None, expected_version=version)
+        manifest = self.trust().verify_manifest(
+            data, name=name, now=self.clock(), active_version=act.version if act and act.name == name else None,
+            expected_version=version, min_version=state["high_water"].get(name))
         enc = self.config.encoding if self.config.encoding in manifest.transfers else None
         upd = {"name": name, "version": version, "slot": self.slots.inactive(), "encoding": enc,
                "envelope": data.decode(), "step": "download", "health_attempts": 0}
@@ -288,6 +295,7 @@ class Agent:
         manifest = Manifest.from_signed(load_envelope(upd["envelope"].encode(), "manifest")["signed"])
         while True:
             step = upd["step"]
+            t0 = time.perf_counter()
             if step == "download":
                 size, sha = download_budget(manifest, upd["encoding"])
                 download(self.client().http, self.client().blob_url(sha), self._part(sha), size=size, sha256=sha,
@@ -322,13 +330,17 @@ class Agent:
                 hw[manifest.name] = max(hw.get(manifest.name, 0), manifest.version)
                 upd["step"] = "report"
             elif step == "report":
-                self._queue(state, "switched", version=manifest.version, detail={"health": upd.get("health")})
+                self._queue(state, "switched", version=manifest.version,
+                            detail={"health": upd.get("health"), "timings_s": upd.get("timings", {}),
+                                    "encoding": upd["encoding"]})
                 state["update"] = None
                 self._clean_downloads(keep=None)
                 self.journal.save(state)
                 return "switched"
             else:  # pragma: no cover - journal written by a newer agent
                 raise FleetError(f"unknown journal step {step!r}")
+            timings = upd.setdefault("timings", {})
+            timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - t0, 4)
             crashpoint(f"step.{step}.before_save")
             self.journal.save(state)
 

@@ -125,8 +125,13 @@ class TrustedState:
         now: datetime,
         active_version: int | None,
         expected_version: int | None = None,
+        min_version: int | None = None,
     ) -> Manifest:
-        """A manifest the device may install now, or a ``TrustError`` saying why not."""
+        """A manifest the device may install now, or a ``TrustError`` saying why not.
+
+        ``active_version``: what runs now (the new version must be strictly greater);
+        ``min_version``: the highest version this device ever activated (never go below it; equal
+        is allowed so a device that fell back from a corrupted slot can reinstall it)."""
         self.check_root_fresh(now)
         manifest = self.verify_signed_manifest(data)
         if manifest.name != name:
@@ -138,6 +143,10 @@ class TrustedState:
         if active_version is not None and manifest.version <= active_version:
             raise RollbackError(
                 f"manifest version {manifest.version} is not newer than the running version {active_version}"
+            )
+        if min_version is not None and manifest.version < min_version:
+            raise RollbackError(
+                f"manifest version {manifest.version} is older than version {min_version} this device already ran"
             )
         if now >= manifest.expires:
             raise FreezeError(
