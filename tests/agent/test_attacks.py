@@ -131,7 +131,7 @@ def test_endless_data(fleet, device, model_versions) -> None:  # type: ignore[no
     assert streams and streams[0].sent <= allowed + 2 * 65536 + len(b""), "read far past the signed size"
 
 
-def test_oversize_download_metadata(fleet, device, model_versions) -> None:  # type: ignore[no-untyped-def]
+def test_oversize_download(fleet, device, model_versions) -> None:  # type: ignore[no-untyped-def]
     fleet.publish(model_versions[2], 2)
     device.mirror.on(r"/v1/device/manifests/",
                      lambda q, r: httpx.Response(200, stream=EndlessStream(prefix=r.content, chunk=b" " * 4096)))

@@ -64,3 +64,16 @@ def test_publish_enrol_revoke(fleet, model_versions, capsys) -> None:  # type: i
     assert code == 2 and "KEY=VALUE" in err
     code, _, err = run(capsys, "fleet", "devices", "--server", fleet.url, "--admin-token", "wrong")
     assert code == 1 and "401" in err
+
+
+def test_agent_cli_needs_enrolment_and_reports_status(fleet, model_versions, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    data = str(tmp_path / "device")
+    code, _, err = run(capsys, "agent", "run", "--data-dir", data, "--no-serve", "--once")
+    assert code == 2 and "no device credential" in err
+    fleet.publish(model_versions[1], 1)
+    code, _, err = run(capsys, "agent", "run", "--data-dir", data, "--server", fleet.url, "--enroll-token",
+                       fleet.token(), "--no-serve", "--no-telemetry", "--until-current", "--poll-interval", "0.1")
+    assert code == 0, err
+    code, out, _ = run(capsys, "agent", "status", "--data-dir", data)
+    status = json.loads(out)
+    assert status["active"]["version"] == 1 and status["status"]["outcome"] == "current"

@@ -128,6 +128,8 @@ class Agent:
 
     def trust(self) -> TrustedState:
         if self._trust is None:
+            if not self.enrolled():
+                raise NotEnrolledError(f"{self.dir} holds no device credential: pass --enroll-token")
             self._trust = TrustedState.from_trusted_root(self.root_path.read_bytes(), self.config.limits)
         return self._trust
 

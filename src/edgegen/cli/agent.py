@@ -49,7 +49,7 @@ def run_cmd(
                                             help="spool and upload telemetry and drift signals (Fleet II)")] = True,
 ) -> None:
     """Enrol (first run), then poll the desired model and install it verified into the inactive slot."""
-    from edgegen.agent.agent import Agent, AgentConfig
+    from edgegen.agent.agent import Agent, AgentConfig, NotEnrolledError
     from edgegen.agent.health import HealthPolicy
     from edgegen.agent.serving import EdgeServer, NullServer
     from edgegen.agent.trust import TrustLimits
@@ -76,6 +76,8 @@ def run_cmd(
     if enroll_token:
         device_id = agent.enroll(enroll_token)
         err_console.print(f"enrolled as {device_id}", highlight=False)
+    elif not agent.enrolled():
+        raise NotEnrolledError(f"{data_dir} holds no device credential: pass --server and --enroll-token")
     if tel is not None:
         tel.start(server)
     stop = threading.Event()
