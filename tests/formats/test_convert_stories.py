@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgegen.formats.convert import convert_model
-from edgegen.formats.gguf_reader_fast import open_reader_fast as open_reader
+from edgegen.formats.gguf_file import open_reader
 from edgegen.runtime.engine import Engine, SamplingParams
 from tests.conftest import STORIES_DIR, STORIES_TEXT
 

@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from edgegen.formats.gguf_reader_fast import open_reader_fast as open_reader
+from edgegen.formats.gguf_file import open_reader
 from edgegen.runtime.engine import Engine, SamplingParams
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgegen.formats.convert import convert_model
-from edgegen.formats.gguf_reader_fast import open_reader_fast
+from edgegen.formats.gguf_file import open_reader as open_reader_fast
 from edgegen.formats.tokenizer import LLAMA3_SPLIT, QWEN2_SPLIT
 from edgegen.runtime.engine import Engine, SamplingParams
 

@@ -50,11 +50,11 @@ def context_length(reader) -> int | None:
 
 def open_reader(path: Path):  # -> gguf.GGUFReader
     """Open with gguf-py, translating its errors (truncation, bad header) into InvalidModelError."""
-    import gguf
+    from edgegen.formats.gguf_reader_fast import PlainViewGGUFReader
 
     try:
-        return gguf.GGUFReader(path, "r")
-    except (ValueError, IndexError, struct.error, OSError) as exc:
+        return PlainViewGGUFReader(path, "r")
+    except (ValueError, IndexError, KeyError, struct.error, OSError) as exc:
         raise InvalidModelError(f"{path} is not a readable GGUF file (truncated or corrupt)") from exc
 
 

@@ -7,19 +7,15 @@ times for a 49k-token vocabulary with merges, and every slice of a memmap builds
 arrays become plain ndarray views of the same mapping instead of memmaps.
 
 This relies only on the reader keeping its buffer in the public ``data`` attribute. It does not
-validate anything; ``gguf_file.validate_gguf`` does.
+validate anything; ``gguf_file.open_reader``/``validate_gguf`` wrap it with error translation.
 """
 
 from __future__ import annotations
 
-import struct
-from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
-
-from edgegen.errors import InvalidModelError
 
 
 class PlainViewGGUFReader(gguf.GGUFReader):
@@ -31,10 +27,3 @@ class PlainViewGGUFReader(gguf.GGUFReader):
     def data(self, value: Any) -> None:
         self._plain = value.view(np.ndarray) if isinstance(value, np.memmap) else value
 
-
-def open_reader_fast(path: Path) -> PlainViewGGUFReader:
-    """Like ``gguf_file.open_reader``: errors of a bad file become InvalidModelError."""
-    try:
-        return PlainViewGGUFReader(path, "r")
-    except (ValueError, IndexError, KeyError, struct.error, OSError) as exc:
-        raise InvalidModelError(f"{path} is not a readable GGUF file (truncated or corrupt)") from exc
