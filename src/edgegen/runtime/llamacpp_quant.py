@@ -8,10 +8,31 @@ calibration and chooses nothing: it is llama.cpp's behaviour, unchanged.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgegen.errors import OutputError, QuantizationError, UserInputError
 from edgegen.formats.gguf_file import validate_gguf
+
+
+@contextmanager
+def _quiet_fds() -> Iterator[None]:
+    """Send the C library's stdout/stderr to /dev/null for the duration (Python's streams untouched)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 def llamacpp_ftypes() -> list[str]:
@@ -36,7 +57,8 @@ def llamacpp_quantize(src: Path, dst: Path, ftype: str, *, n_threads: int = 0) -
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, name)
     params.nthread = n_threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    with _quiet_fds():  # llama.cpp prints a line per tensor straight to stdout/stderr
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     if rc != 0 or not tmp.exists():
         tmp.unlink(missing_ok=True)
         raise QuantizationError(f"llama.cpp failed to quantize {src} to {ftype} (code {rc})")
