@@ -46,6 +46,14 @@ class FleetSettings(BaseModel):
     db_url: str | None = None  # None: sqlite file under the data directory
     poll_interval_s: float = 10.0
     max_download_bytes: int = 8 * 1024**3
+    # Fleet I: control plane data dir (None: <home>/fleet), admin token (None: <data>/admin_token),
+    # publisher keyring (None: <data>/keys), manifest lifetime, device health-check latency bound
+    data_dir: Path | None = None
+    admin_token: str | None = None
+    server_url: str = "http://127.0.0.1:8700"
+    keys_dir: Path | None = None
+    manifest_expires_days: float = 90.0
+    health_max_latency_s: float = 60.0
     # Fleet II: rollouts evaluated every ..., device telemetry spool bound and upload period
     rollout_interval_s: float = 5.0
     telemetry_spool_bytes: int = 16 * 1024**2
