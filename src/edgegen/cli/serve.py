@@ -53,9 +53,9 @@ def serve_cmd(
     options: dict = {"n_ctx": n_ctx, "n_threads": threads or eng.n_threads, "n_batch": eng.n_batch,
                      "use_mmap": eng.use_mmap}
     if cfg.lookup_decoding if lookup_decoding is None else lookup_decoding:
-        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+        from edgegen.serve.lookup import NgramDraft
 
-        options["draft"] = LlamaPromptLookupDecoding(num_pred_tokens=10)
+        options["draft"] = NgramDraft()
     config = ServerConfig(
         model_id=model_id or Path(path).stem,
         max_queue=queue,

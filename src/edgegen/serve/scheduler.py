@@ -101,6 +101,7 @@ class Ticket:
     first_token_at: float | None = None
     finished_at: float | None = None
     cancelled: bool = False  # stopped early because cancel() was called
+    prompt_text: str = ""  # set by the server for generation observers (Fleet II drift signals)
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)  # set at the first event (token/end/error)
     _cancel: threading.Event = field(default_factory=threading.Event)

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -99,6 +100,9 @@ class EdgeServer:
         self.loaded_at = 0.0  # unix time the current engine started serving
         self._factory = engine_factory
         self.scheduler = Scheduler(config.max_queue, on_finish=self._record_generation)
+        # Fleet II seam: callables given an ``edgegen.telemetry.events.GenerationRecord`` after each
+        # local generation (worker thread; exceptions are logged, never raised into serving)
+        self.observers: list[Callable[[Any], None]] = []
         self.metrics = ServerMetrics(
             queue_depth=lambda: self.scheduler.waiting, running=lambda: self.scheduler.running,
             ready=lambda: 1.0 if self.status == "ok" else 0.0)
@@ -190,6 +194,8 @@ class EdgeServer:
         try:
             ticket = self.scheduler.submit(lease, make, received_at=call.received,
                                            operation="chat" if chat else "text_completion")
+            if self.observers:
+                ticket.prompt_text = _prompt_text(req)
         except (QueueFullError, EngineNotReadyError) as exc:
             lease.release()
             return await self._fallback(call, "queue_full", 503, str(exc), code="queue_full",
@@ -329,6 +335,34 @@ class EdgeServer:
             if s.completion_tokens > 1 and ticket.finished_at is not None:
                 per = (ticket.finished_at - ticket.first_token_at) / (s.completion_tokens - 1)
                 self.metrics.tpot.observe(per, gen_ai_operation_name=op)
+        if self.observers:
+            self._notify(ticket)
+
+    def _notify(self, ticket: Ticket) -> None:
+        from edgegen.telemetry.events import GenerationRecord
+
+        s = ticket.stats
+        end = ticket.finished_at if ticket.finished_at is not None else time.perf_counter()
+        failed = s.finish_reason is None and not ticket.cancelled
+        rec = GenerationRecord(
+            prompt=ticket.prompt_text, prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens,
+            ttft_s=None if ticket.first_token_at is None else ticket.first_token_at - ticket.received_at,
+            total_s=end - ticket.received_at, ok=not failed, error="generation failed" if failed else None,
+            cancelled=ticket.cancelled, token_logprobs=tuple(s.token_logprobs), operation=ticket.operation)
+        for observer in list(self.observers):
+            try:
+                observer(rec)
+            except Exception:  # an observer must never take the engine worker down
+                log.exception("generation observer failed")
+
+
+def _prompt_text(req: ChatCompletionRequest | CompletionRequest) -> str:
+    """The user's words: the last user message of a chat, the prompt string of a completion."""
+    if isinstance(req, ChatCompletionRequest):
+        users = [m.text() for m in req.messages if m.role == "user"]
+        return users[-1] if users else ""
+    prompt = req.single_prompt()
+    return prompt if isinstance(prompt, str) else ""
 
 
 async def _watch_disconnect(request: Request, ticket: Ticket) -> None:
