@@ -149,3 +149,11 @@ def test_upstream_down_device_serves_what_fits(device: BackgroundServer) -> None
             assert r.status_code == 200 and r.headers["x-edgegen-route"] == "local"
     finally:
         server.config.ttft_deadline_s = None
+
+
+def test_upstream_refusing_the_device_key_is_a_502_not_the_clients_401(
+        device: BackgroundServer, stories_gguf: Path, cloud_port: int) -> None:
+    with running(stories_gguf, n_ctx=512, port=cloud_port, api_keys=("some-other-key",)):
+        r = httpx.post(device.url + "/v1/chat/completions", json=chat_body(STORY, max_tokens=4), headers=AUTH)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_auth"
+    assert r.headers["x-edgegen-route"] == "upstream"

@@ -115,5 +115,7 @@ def test_32_streaming_clients_against_max_queue_8(served: tuple[str, int]) -> No
         else:
             assert events[0]["error"]["code"] == "queue_full" and int(headers["retry-after"]) >= 1
     final = server.memory_info().rss
+    print(json.dumps({"statuses": {str(k): statuses.count(k) for k in (200, 503)}, "rss_baseline": baseline,
+                      "rss_peak": peak, "rss_final": final, "peak_growth": round(peak / baseline - 1, 4)}))
     assert peak < 1.10 * baseline, (baseline, peak)
     assert final < 1.10 * baseline, (baseline, final)

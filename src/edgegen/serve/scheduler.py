@@ -213,16 +213,16 @@ class Scheduler:
             finally:
                 ticket.finished_at = time.perf_counter()
                 ticket.lease.release()
+                if self._on_finish is not None:  # before the counts drop, so "idle" means "recorded"
+                    try:
+                        self._on_finish(ticket)
+                    except Exception:  # metrics must never take the worker down
+                        log.exception("on_finish callback failed")
                 with self._lock:
                     self._running -= 1
                     if ticket.started_at is not None:
                         self._recent_s.append(ticket.finished_at - ticket.started_at)
                 ticket._push(_END)
-                if self._on_finish is not None:
-                    try:
-                        self._on_finish(ticket)
-                    except Exception:  # metrics must never take the worker down
-                        log.exception("on_finish callback failed")
 
     def _run(self, ticket: Ticket) -> None:
         if ticket.cancel_requested:  # the client left while waiting: do not spend the engine on it

@@ -109,6 +109,7 @@ class EdgeServer:
         self.upstream = (Upstream(config.upstream_url, config.upstream_key, timeout_s=config.upstream_timeout_s)
                          if config.upstream_url else None)
         self._loader: threading.Thread | None = None
+        self._closing = False
 
     # ---- lifetime -----------------------------------------------------------------------------
 
@@ -126,13 +127,14 @@ class EdgeServer:
             log.error("model failed to load: %s", exc)
             self.load_error, self.status = str(exc), "error"
             return
-        if self.slot.engine is not None:  # a swap arrived while this one loaded: the swap is newer
+        if self.slot.engine is not None or self._closing:  # a newer swap won, or we are shutting down
             engine.close()
             return
         self.slot.install(engine)
         self.loaded_at, self.status = time.time(), "ok"
 
     async def shutdown(self) -> None:
+        self._closing = True
         await asyncio.to_thread(self.scheduler.stop)
         engine = self.slot.install(None)
         if engine is not None:
@@ -299,6 +301,10 @@ class EdgeServer:
 
     async def _relay(self, call: _Call, up: UpstreamResponse, reason: str) -> Response:
         headers = {**up.headers, ROUTE_HEADER: "upstream", REASON_HEADER: reason}
+        if up.status_code in (401, 403):  # the device's upstream key, not the client's: not the client's fault
+            await up.aclose()
+            return error_response(502, f"the upstream refused this device's credentials ({up.status_code})",
+                                  code="upstream_auth", headers={ROUTE_HEADER: "upstream", REASON_HEADER: reason})
         if call.stream and up.status_code < 400:
             return StreamingResponse(up.aiter_bytes(), status_code=up.status_code, headers=headers)
         try:
