@@ -1,6 +1,7 @@
-"""Swapping the served model (what the fleet agent does on an update) drops nothing in flight: the
-request running on the old engine finishes in full, requests admitted after the swap run on the new
-engine, and the old engine is closed only once it is no longer used."""
+"""Model lifecycle: loading happens in the background (``/health`` 503 until ready), and swapping the
+served model (what the fleet agent does on an update) drops nothing in flight: the request running
+on the old engine finishes in full, requests admitted after the swap run on the new engine, and the
+old engine is closed only once it is no longer used."""
 
 from __future__ import annotations
 
@@ -48,3 +49,21 @@ def test_swap_keeps_in_flight_work_and_switches_new_work(smollm2_q4_1: Path, sto
 
         assert swapped == [True] and old._closed and server.slot.engine is new
         assert httpx.get(srv.url + "/health").json()["model"] == "stories"
+
+
+def test_health_is_503_while_loading_then_200(stories_gguf: Path) -> None:
+    release = threading.Event()
+
+    def slow_load() -> Engine:
+        release.wait(30)
+        return Engine(stories_gguf, n_ctx=256, n_threads=1)
+
+    with running(slow_load, wait=False, model_id="stories") as srv:
+        h = httpx.get(srv.url + "/health")
+        assert h.status_code == 503 and h.json()["status"] == "loading" and h.headers["retry-after"]
+        r = httpx.post(srv.url + "/v1/completions", headers=AUTH, json={"model": "m", "prompt": "Hi"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_not_ready" and r.headers["retry-after"]
+        release.set()
+        wait_until(lambda: httpx.get(srv.url + "/health").status_code == 200, what="loaded")
+        r = httpx.post(srv.url + "/v1/completions", headers=AUTH, json={"model": "m", "prompt": "Hi"})
+        assert r.status_code == 200
