@@ -40,6 +40,15 @@ def shakespeare_prompts(plays: Path, rng: random.Random, n: int) -> list[str]:
     return out
 
 
+def milton_prompts(plays: Path, rng: random.Random, n: int) -> list[str]:
+    """Milton's verse and prose from the same sdist: same era and language, a subtle shift."""
+    lines = []
+    for f in sorted((plays.parent.parent / "miltondata" / "texts").glob("*_gut.txt")):
+        lines += [ln.strip() for ln in f.read_text(encoding="utf-8", errors="replace").splitlines()
+                  if len(ln.strip()) > 20]
+    return [" ".join(lines[i : i + rng.randint(1, 3)]) for i in (rng.randrange(len(lines) - 3) for _ in range(n))]
+
+
 def docstring_prompts(rng: random.Random, n: int) -> list[str]:
     docs = set()
     for name in STDLIB:
@@ -60,14 +69,16 @@ def pools(shakespeare: Path, stories_gguf: Path) -> dict[str, list[Signals]]:
     from edgegen.runtime.engine import Engine, SamplingParams
 
     rng = random.Random(1234)
-    texts = {"reference": shakespeare_prompts(shakespeare, rng, 1200), "shifted": docstring_prompts(rng, 300)}
+    texts = {"reference": shakespeare_prompts(shakespeare, rng, 1200), "shifted": docstring_prompts(rng, 300),
+             "milton": milton_prompts(shakespeare, rng, 300)}
     params = SamplingParams.greedy(8, logprobs=True)
     out: dict[str, list[Signals]] = {}
-    with Engine(stories_gguf, n_ctx=256) as engine:
+    # one thread: llama.cpp's spinning worker threads crawl on a shared, busy CPU
+    with Engine(stories_gguf, n_ctx=512, n_threads=1) as engine:
         for name, prompts in texts.items():
             sig = []
             for p in prompts:
-                done = engine.complete(p[:600], params)
+                done = engine.complete(p[:300], params)  # the model sees the first 300 characters
                 sig.append(request_signals(p, done.token_logprobs))
             out[name] = sig
     return out
@@ -85,12 +96,15 @@ def test_false_alarm_and_detection_rates(pools: dict[str, list[Signals]]) -> Non
     detections = [compare(ref, Window.of(rng.sample(shifted, WINDOW)), t) for _ in range(n_shift)]
     hits = sum(r.drift for r in detections)
     logprob_flags = sum(any(f.name == "mean_logprob" and f.drift for f in r.features) for r in detections)
+    subtle = sum(compare(ref, Window.of(rng.sample(pools["milton"], WINDOW)), t).drift for _ in range(n_shift))
     print(f"\ndrift: reference {REFERENCE} Shakespeare prompts, windows of {WINDOW}: false alarms "
           f"{false_alarms}/{n_same} ({false_alarms / n_same:.1%}) on unseen Shakespeare windows; "
           f"detected {hits}/{n_shift} ({hits / n_shift:.0%}) stdlib-docstring windows "
-          f"(mean output log-prob drifted in {logprob_flags}/{n_shift})")
+          f"(mean output log-prob drifted in {logprob_flags}/{n_shift}); subtle shift to Milton: "
+          f"{subtle}/{n_shift} ({subtle / n_shift:.0%})")
     assert false_alarms / n_same <= 0.05
     assert hits / n_shift >= 0.95
+    assert subtle / n_shift > false_alarms / n_same  # sensitive to a subtle shift, not blind to it
 
 
 def test_half_shifted_window_is_detected(pools: dict[str, list[Signals]]) -> None:
@@ -99,3 +113,27 @@ def test_half_shifted_window_is_detected(pools: dict[str, list[Signals]]) -> Non
     ref = Window.of(pools["reference"][:REFERENCE])
     mixed = rng.sample(pools["reference"][REFERENCE:], WINDOW // 2) + rng.sample(pools["shifted"], WINDOW // 2)
     assert compare(ref, Window.of(mixed)).drift
+
+
+def test_engine_logprobs_match_the_full_logits(stories_gguf: Path) -> None:
+    """The quality signal is only as good as the engine's per-token log-probabilities: check them
+    against a log-softmax of the logits of the same tokens computed in one batch (logits_all)."""
+    import numpy as np
+
+    from edgegen.runtime.engine import Engine, SamplingParams
+
+    with Engine(stories_gguf, n_ctx=256, n_threads=1) as engine:
+        prompt = engine.tokenize("Once upon a time, there was a little girl")
+        toks = list(engine.stream(prompt, SamplingParams.greedy(12, logprobs=True)))
+    generated = [t.id for t in toks if t.id >= 0]
+    lps = [t.logprob for t in toks if t.id >= 0]
+    with Engine(stories_gguf, n_ctx=256, n_threads=1, logits_all=True) as ref:
+        logits = ref.logits(prompt + generated).astype(np.float64)
+    rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(generated)]
+    m = rows.max(axis=1, keepdims=True)
+    logsm = rows - m - np.log(np.exp(rows - m).sum(axis=1, keepdims=True))
+    n = len(generated)
+    expected = [logsm[i, generated[i]] for i in range(n)]
+    assert n >= 8
+    np.testing.assert_allclose(lps, expected, atol=1e-3)
+    assert len(set(np.round(lps, 4))) > 1  # not a constant (the uniform-distribution bug this caught)

@@ -140,6 +140,7 @@ class SimDevice:
         r.raise_for_status()
         body = r.json()
         self.id: str = body["device_id"]
+        self.credential: str = body["credential"]
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {body['credential']}"},
                                  timeout=10)
         self.active: int | None = None
