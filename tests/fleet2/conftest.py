@@ -6,3 +6,5 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
+
+from fleet_kit import pg_admin_url  # noqa: E402,F401

@@ -19,10 +19,18 @@ from edgegen.fleet.state import ControlPlaneConfig
 GATES = ["update_failure_rate<0@1", "error_rate<0.1@1", "p95_latency_ms<500@1"]
 
 
-@pytest.fixture()
-def fleet(tmp_path: Path):
+@pytest.fixture(params=["sqlite"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path):
+    db_url = None
+    if request.param == "postgresql":
+        from fleet_kit import fresh_database
+
+        db = fresh_database(request.getfixturevalue("pg_admin_url"))
+        db_url = db.__enter__()
+        request.addfinalizer(lambda: db.__exit__(None, None, None))
     reg = Registry.create(tmp_path)
-    app = create_app(ControlPlaneConfig(data_dir=tmp_path / "cp", admin_token=ADMIN, keys_dir=reg.keys.dir))
+    app = create_app(ControlPlaneConfig(data_dir=tmp_path / "cp", admin_token=ADMIN, keys_dir=reg.keys.dir,
+                                        db_url=db_url))
     app.state.fleet.extras[INTERVAL_KEY] = 0  # no background loop: the test ticks explicitly
     server = ThreadServer(app)
     client = RolloutClient(server.url, ADMIN)
@@ -36,6 +44,7 @@ def fleet(tmp_path: Path):
     yield reg, client, devices
     client.close()
     server.stop()
+    app.state.fleet.engine.dispose()
 
 
 def settle(client: RolloutClient, devices: list[SimDevice], rid: int, latency_s: float = 0.1,
@@ -67,6 +76,7 @@ def stage_walk(client: RolloutClient, devices: list[SimDevice], rid: int) -> lis
     return seen
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 def test_good_version_walks_10_50_100(fleet) -> None:
     reg, client, devices = fleet
     reg.publish_bytes(client, "smol", 2, b"model two" * 100)
@@ -101,6 +111,7 @@ def test_failing_health_check_stops_at_the_canary(fleet) -> None:
     assert {d.active for d in devices} == {1}
 
 
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"], indirect=True)
 def test_latency_regression_rolls_the_canary_back(fleet) -> None:
     reg, client, devices = fleet
     reg.publish_bytes(client, "smol", 2, b"slow model" * 100)
