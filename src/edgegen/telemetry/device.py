@@ -51,12 +51,12 @@ class TelemetryServer:
     def url(self) -> str | None:
         return getattr(self.inner, "url", None)
 
-    def _note(self) -> None:
-        self.telemetry.recorder.model_active(_active_version(self.telemetry.data_dir))
+    def _note(self, announce: bool = False) -> None:
+        self.telemetry.recorder.model_active(_active_version(self.telemetry.data_dir), announce=announce)
 
     def start(self, model_path: Path) -> None:
         self.inner.start(model_path)
-        self._note()
+        self._note(announce=True)
 
     def swap(self, model_path: Path) -> None:
         self.inner.swap(model_path)

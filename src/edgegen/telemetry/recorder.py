@@ -71,15 +71,18 @@ class TelemetryRecorder:
 
     # ---- API ----------------------------------------------------------------------------------
 
-    def model_active(self, version: int | None, previous: int | None = None) -> None:
+    def model_active(self, version: int | None, *, announce: bool = False) -> None:
+        """``version`` serves from now on: a MODEL event when it changed (or ``announce``, e.g. at start)."""
         with self._lock:
-            changed = version != self.model_version
+            previous = self.model_version
+            changed = version != previous
             self.model_version = version
             if self.drift is not None:
                 self.drift.start_version(version)
                 self._save_drift()
-        if changed or previous is not None:
-            self._append(TelemetryKind.MODEL, {"model_version": version, "previous_version": previous})
+        if changed or announce:
+            self._append(TelemetryKind.MODEL, {"model_version": version,
+                                               "previous_version": previous if changed else None})
 
     def request(self, *, prompt: str = "", prompt_tokens: int, completion_tokens: int, ttft_s: float | None,
                 total_s: float, ok: bool = True, error: str | None = None,

@@ -159,4 +159,7 @@ class UploadThread:
         self._kick.set()
         self._thread.join(timeout_s)
         if flush:
-            self.uploader.flush()
+            try:
+                self.uploader.flush()
+            except TelemetryError as exc:  # shutting down: what is left stays spooled for next time
+                log.debug("final telemetry flush failed: %s", exc)
