@@ -1,0 +1,228 @@
+"""The steps of ``pipeline.compress`` that touch the source model: read, calibrate, measure, round.
+
+``SourceModel`` wraps a GGUF reader: which tensors are weight matrices (2-D, to be quantized) and
+which are kept (norms, stored F32), their candidate types, sizes and float32 values.
+``run_calibration`` tokenizes the text with the model's own tokenizer (llama.cpp) and runs
+``calibrate``; ``measure_all`` and ``Rounder`` batch the matrices that share an input Hessian
+(q/k/v, gate/up) so each group costs one GPTQ pass and one Cholesky factorisation.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.compress.blocks import F16, F32, FloatType, QuantType, storage_type
+from edgegen.compress.calibrate import Calibration, TensorStats, calibrate, token_sequences
+from edgegen.compress.gguf_out import OutTensor, _pad
+from edgegen.compress.mixed import Candidate, TensorChoice, allocate, measure_group, plain_weights, row_loss
+from edgegen.compress.rounding import hessian_error, inverse_cholesky, round_parts
+from edgegen.errors import InvalidTextError, UserInputError
+
+MIN_CALIB_TOKENS = 64
+
+
+class SourceModel:
+    def __init__(self, reader: Any):
+        import gguf
+
+        self.reader = reader
+        self.tensors = {t.name: t for t in reader.tensors}
+        self.shapes = {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
+        floats = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
+        self.matrices = [
+            t.name for t in reader.tensors
+            if len(self.shapes[t.name]) == 2 and (t.tensor_type in floats or t.tensor_type in gguf.quants._type_traits)
+        ]
+        self.n_params = sum(int(np.prod(s)) for s in self.shapes.values())
+
+    def weight(self, name: str) -> np.ndarray:
+        import gguf
+
+        t = self.tensors[name]
+        return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32).reshape(self.shapes[name])
+
+    def candidates(self, name: str, types: Sequence[str]) -> list[QuantType | FloatType]:
+        import gguf
+
+        cols = self.shapes[name][1]
+        out: list[QuantType | FloatType] = [qt for qt in map(storage_type, types) if qt.fits(cols)]
+        out.append(F16)
+        if self.tensors[name].tensor_type == gguf.GGMLQuantizationType.F32:
+            out.append(F32)
+        return out
+
+    def quantizable(self, types: Sequence[str]) -> bool:
+        return any(
+            isinstance(qt, QuantType) for name in self.matrices for qt in self.candidates(name, types)
+        )
+
+    def _kept(self) -> list[str]:
+        mats = set(self.matrices)
+        return [name for name in self.tensors if name not in mats]
+
+    def fixed_raw_bytes(self) -> int:
+        return sum(4 * int(np.prod(self.shapes[n])) for n in self._kept())
+
+    def fixed_bytes(self) -> int:
+        return sum(_pad(4 * int(np.prod(self.shapes[n]))) for n in self._kept())
+
+    def min_bytes(self, types: Sequence[str]) -> int:
+        return sum(
+            min(qt.row_bytes(self.shapes[n][1]) for qt in self.candidates(n, types)) * self.shapes[n][0]
+            for n in self.matrices
+        )
+
+    def out_plan(self, picks: dict[str, str]) -> list[OutTensor]:
+        """Every tensor in source order: matrices in their picked type (F32 if none), the rest F32."""
+        plan = []
+        for name, shape in self.shapes.items():
+            qtype = picks.get(name, "F32") if name in set(self.matrices) else "F32"
+            nbytes = storage_type(qtype).row_bytes(shape[-1]) * int(np.prod(shape[:-1]))
+            plan.append(OutTensor(name, shape, qtype, nbytes))
+        return plan
+
+    def kept_data(self, name: str) -> np.ndarray:
+        return self.weight(name)
+
+
+def read_calibration(path: Path | None = None, text: str | None = None) -> str | None:
+    """The calibration text: from a file, a folder of ``*.txt`` files, or given as is; None if neither."""
+    if path is not None and text is not None:
+        raise UserInputError("give either a calibration file or a calibration text, not both")
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise InvalidTextError(f"calibration text not found: {path}")
+        if path.is_dir():
+            files = sorted(path.glob("*.txt"))
+            if not files:
+                raise InvalidTextError(f"the calibration folder {path} holds no .txt files")
+            text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+        else:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        where = str(path)
+    elif text is None:
+        return None
+    else:
+        where = "the calibration text"
+    if not text.strip():
+        raise InvalidTextError(f"{where} is empty; calibration needs some text")
+    return text
+
+
+def run_calibration(
+    gguf_path: Path, reader: Any, text: str, config: Any, progress: Callable[[int, int], None] | None
+) -> Calibration:
+    from edgegen.compress.forward import load_forward
+    from edgegen.runtime.engine import Engine
+
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    with Engine(gguf_path, n_ctx=max(config.seq_len, 64), n_threads=config.n_threads) as engine:
+        tokens = engine.tokenize(text, add_bos=False, special=False)
+        add_bos = engine.metadata.get("tokenizer.ggml.add_bos_token", "true") != "false"
+        bos = engine.bos_id if add_bos else None
+    if len(tokens) < MIN_CALIB_TOKENS:
+        raise InvalidTextError(
+            f"the calibration text has {len(tokens)} tokens; at least {MIN_CALIB_TOKENS} are needed"
+        )
+    seq_len = min(config.seq_len, len(tokens) + (1 if bos is not None else 0))
+    seqs = token_sequences(tokens, seq_len, config.calib_seqs, bos)
+    model = load_forward(reader, meta)
+    return calibrate(model, seqs, fisher_seqs=min(config.fisher_seqs, len(seqs)), seed=config.seed,
+                     progress=progress)
+
+
+def _stats(cal: Calibration | None, name: str) -> TensorStats | None:
+    return cal.get(name) if cal is not None else None
+
+
+def _groups(model: SourceModel, cal: Calibration | None) -> list[list[str]]:
+    """Matrices grouped by the Hessian they share (q/k/v, gate/up), in source order of first member."""
+    groups: dict[Any, list[str]] = {}
+    for name in model.matrices:
+        st = _stats(cal, name)
+        cols = model.shapes[name][1]
+        key = id(st.hessian) if st is not None and st.hessian.shape == (cols, cols) else ("solo", name)
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
+class _CholCache:
+    def __init__(self, damp: float):
+        self.damp, self.cache = damp, {}
+
+    def get(self, hessian: np.ndarray | None) -> Any:
+        if hessian is None:
+            return None
+        if id(hessian) not in self.cache:
+            self.cache[id(hessian)] = inverse_cholesky(hessian, self.damp)
+        return self.cache[id(hessian)]
+
+
+def _hessian(cal: Calibration | None, name: str, cols: int) -> np.ndarray | None:
+    st = _stats(cal, name)
+    return st.hessian if st is not None and st.hessian.shape == (cols, cols) else None
+
+
+def measure_all(
+    model: SourceModel, cal: Calibration | None, config: Any, progress: Callable[[int, int], None] | None
+) -> list[TensorChoice]:
+    chol = _CholCache(config.damp)
+    config.extra["chol"] = chol  # reused by the final rounding pass
+    out: list[TensorChoice] = []
+    done = 0
+    for group in _groups(model, cal):
+        members = [(n, model.weight(n), _stats(cal, n)) for n in group]
+        cands = [model.candidates(n, config.types) for n in group]
+        H = _hessian(cal, group[0], model.shapes[group[0]][1])
+        seed = config.seed * 1_000_003 + zlib.crc32(group[0].encode())
+        out += measure_group(members, cands, hessian=H, chol=chol.get(H), max_rows=config.sample_rows, seed=seed)
+        done += len(group)
+        if progress:
+            progress(done, len(model.matrices))
+    return out
+
+
+def allocate_types(choices: list[TensorChoice], tensor_budget: int) -> dict[str, Candidate]:
+    return allocate(choices, tensor_budget)
+
+
+class Rounder:
+    """``produce(t)`` for ``write_quantized``: rounds a tensor's whole Hessian group on first request."""
+
+    def __init__(self, model: SourceModel, cal: Calibration | None, config: Any, plan: list[OutTensor]):
+        self.model, self.cal, self.config = model, cal, config
+        self.types = {t.name: t.qtype for t in plan}
+        self.group_of = {n: g for g in _groups(model, cal) for n in g}
+        self.ready: dict[str, np.ndarray] = {}
+        self.measured: dict[str, tuple[float, float]] = {}  # name -> (predicted KL on all rows, rel. error)
+        self.chol = config.extra.get("chol") or _CholCache(config.damp)
+
+    def produce(self, t: OutTensor) -> np.ndarray:
+        if t.name not in self.group_of:
+            return self.model.kept_data(t.name).astype(np.float32)
+        if t.name not in self.ready:
+            self._round_group(self.group_of[t.name])
+        return self.ready.pop(t.name)
+
+    def _round_group(self, group: list[str]) -> None:
+        cols = self.model.shapes[group[0]][1]
+        H = _hessian(self.cal, group[0], cols)
+        weights = [self.model.weight(n) for n in group]
+        stats = [_stats(self.cal, n) for n in group]
+        types = [storage_type(self.types[n]) for n in group]
+        plain = [plain_weights(s, slice(None)) for s in stats]
+        results = round_parts(weights, types, hessian=H, weights=plain, chol=self.chol.get(H))
+        for name, W, st, r in zip(group, weights, stats, results, strict=True):
+            E = W - r.values
+            loss = float(row_loss(E, st, np.arange(len(W))).sum())
+            rel = float("nan")
+            if H is not None:
+                rel = float(hessian_error(E, H).sum() / max(hessian_error(W, H).sum(), 1e-30))
+            self.measured[name] = (loss, rel)
+            self.ready[name] = r.data
