@@ -73,10 +73,23 @@ def measure_bandwidth(n_threads: int, size_bytes: int = 512 * 1024**2, repeats: 
     return a.nbytes / best
 
 
-def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_threads: int) -> dict:
-    """Runs in the child process; returns raw timings."""
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set since exec (VmHWM). ``ru_maxrss`` would not do: Linux carries
+    it across exec, so a child forked from a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_threads: int) -> dict:
+    """Runs in the child process; returns raw timings."""
     from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
 
     engine = Engine(model, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads)
@@ -100,7 +113,7 @@ def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_thre
     runs = runs[1:]
     load_s = engine.load_s
     engine.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    peak = _peak_rss_bytes()
     return {
         "load_s": load_s,
         "ttft_s": statistics.median(r["ttft"] for r in runs),

@@ -87,10 +87,12 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None,
     benches = {label: run_bench(path, n_threads=threads, bandwidth=bw) for label, path in
                [("reference F16", ref), *variants.items()]}
 
-    log("[6/6] chatting with the compressed model")
-    chat_model = ours if have_ours else anchor
-    with Engine(chat_model, n_ctx=1024) as engine:
-        answer = engine.chat([{"role": "user", "content": CHAT_PROMPT}], SamplingParams.greedy(64)).text.strip()
+    log("[6/6] chatting with every variant (greedy)")
+    answers = {}
+    for label, path in [("reference F16", ref), *variants.items()]:
+        with Engine(path, n_ctx=1024) as engine:
+            msg = [{"role": "user", "content": CHAT_PROMPT}]
+            answers[label] = engine.chat(msg, SamplingParams.greedy(48)).text.strip()
 
     rows = []
     for (label, path), q in zip(variants.items(), quality):
@@ -111,7 +113,7 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None,
     data = {"source": str(source), "reference": str(ref), "eval_text": str(text),
             "eval_chunks": quality[0].n_chunks, "tokens_scored": quality[0].n_tokens_scored,
             "mem_bandwidth_bytes_per_s": round(bw), "threads": threads, "machine": platform.machine(),
-            "chat": {"model": str(chat_model), "prompt": CHAT_PROMPT, "answer": answer},
+            "chat": {"prompt": CHAT_PROMPT, "answers": answers},
             "variants": rows, "elapsed_s": round(time.perf_counter() - t_start, 1)}
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     report = out / "report.md"
@@ -140,7 +142,9 @@ def _markdown(d: dict, plot_name: str) -> str:
             f"{r['decode_tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {r['ttft_s']:.3f} | "
             f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['decode_bandwidth_efficiency']:.2f} |")
     c = d["chat"]
-    lines += ["", f"![size, quality and speed]({plot_name})", "",
-              f"## Chat with `{Path(c['model']).name}`", "", f"> **user:** {c['prompt']}", ">",
-              f"> **assistant:** {c['answer']}", "", f"Total time: {d['elapsed_s']} s.", ""]
+    lines += ["", f"![size, quality and speed]({plot_name})", "", "## Chat", "",
+              f"**user:** {c['prompt']}", "", "| variant | assistant (greedy, 48 tokens at most) |", "|---|---|"]
+    for label, answer in c["answers"].items():
+        lines.append(f"| {label} | {answer.replace(chr(10), ' ').replace('|', '/')} |")
+    lines += ["", f"Total time: {d['elapsed_s']} s.", ""]
     return "\n".join(lines)
