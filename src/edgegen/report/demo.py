@@ -25,11 +25,12 @@ EVAL_CHUNKS = 8
 def _compress_ours(ref: Path, out: Path, max_bytes: int, calib: Path, log: Callable[[str], None]) -> Path | None:
     """edgegen's calibrated quantizer under a size budget, if the compression capability is installed."""
     try:
-        from edgegen.compress.pipeline import compress
-    except ImportError:
-        log("edgegen's quantizer is not available in this build; comparing llama.cpp's only")
+        from edgegen.compress.pipeline import Budget, compress
+    except ImportError:  # the [compress] extra (torch) is not installed: a device-only install
+        log("edgegen's quantizer needs the [compress] extra; comparing llama.cpp's only")
         return None
-    compress(ref, out, max_size_mib=max_bytes / 2**20, calib_text=calib)
+    report = compress(ref, out, budget=Budget(max_bytes=max_bytes), calib=calib)
+    (out.parent / "edgegen-compress.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return out
 
 
