@@ -218,6 +218,13 @@ def test_settle_fraction_lets_an_offline_device_lag() -> None:
     assert decide(replace(r, settle_fraction=1.0), devs, 1.0).action is Action.HOLD
 
 
+def test_a_member_that_left_the_fleet_is_not_waited_for() -> None:
+    r = replace(make(), stage_index=1)
+    members = r.members()
+    assert decide(r, [healthy(m) for m in members[:4]], 1.0).action is Action.ADVANCE  # 5th was revoked
+    assert decide(r, [], 1.0).action is Action.HOLD
+
+
 def test_devices_outside_the_stage_are_ignored() -> None:
     r = make()
     (canary,) = r.members()

@@ -300,7 +300,11 @@ def read_gate(gate: Gate, devices: Sequence[DeviceHealth], baseline: Baseline) -
 
 def decide(rollout: Rollout, devices: Sequence[DeviceHealth], now: float,
            baseline: Baseline = Baseline()) -> Decision:
-    """What to do with ``rollout`` given the health of its current stage's devices."""
+    """What to do with ``rollout`` given the health of its current stage's devices.
+
+    ``devices`` holds one entry per stage member still in the fleet; a member without an entry
+    (revoked since the rollout began) is not waited for.
+    """
     if rollout.state is not RolloutState.RUNNING:
         return Decision(Action.HOLD, f"rollout is {rollout.state.value}")
     members = set(rollout.members())
@@ -310,9 +314,12 @@ def decide(rollout: Rollout, devices: Sequence[DeviceHealth], now: float,
     if breached:
         return Decision(Action.HALT, "gate breached: " + "; ".join(map(str, breached)), readings)
     settled = sum(d.settled for d in stage)
-    need_settled = math.ceil(rollout.settle_fraction * len(members))
+    # members without health (revoked or deleted since the snapshot) are no longer waited for
+    need_settled = math.ceil(rollout.settle_fraction * len(stage))
+    if not stage:
+        return Decision(Action.HOLD, "no device of this stage is left (all revoked?)", readings)
     if settled < need_settled:
-        return Decision(Action.HOLD, f"{settled}/{len(members)} devices settled, {need_settled} needed",
+        return Decision(Action.HOLD, f"{settled}/{len(stage)} devices settled, {need_settled} needed",
                         readings)
     waiting = [r for r in readings if not r.enough]
     if waiting:

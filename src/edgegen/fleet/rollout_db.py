@@ -265,7 +265,9 @@ def stage_health(session: Session, r: Rollout, created_at: datetime) -> tuple[li
     health: list[DeviceHealth] = []
     for dev_id in members:
         dev = rows.get(dev_id)
-        on = dev is not None and dev.active_version == r.version
+        if dev is None or dev.revoked:
+            continue  # revoked (or gone) since the rollout began: not waited for
+        on = dev.active_version == r.version
         win = tstore.request_window(session, dev_id, r.version, since) if on else None
         health.append(DeviceHealth(
             device_id=dev_id, on_target=on, update_failed=(dev_id in failed and not on),
