@@ -295,8 +295,12 @@ class Engine:
         return self.stream(tokens, params, stats)
 
     def _last_logprob(self, tok: int) -> float:
-        llm = self._llm
-        row = np.asarray(llm.eval_logits[-1] if llm.eval_logits else llm.scores[llm.n_tokens - 1])
+        # The logits ``tok`` was sampled from are still the context's last row: llama-cpp-python
+        # 0.3 keeps ``scores`` only with logits_all=True, so read them from the context itself.
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+        row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
         m = float(row.max())
         return float(row[tok] - m - np.log(np.exp(row - m).sum()))
 
