@@ -14,7 +14,8 @@ from tests.conftest import STORIES_TEXT
 
 @pytest.fixture(scope="module")
 def engine(stories_gguf: Path):
-    with Engine(stories_gguf, n_ctx=512, logits_all=True) as e:
+    # one thread: a 260K-parameter model gains nothing from two, and spinning threads suffer on a shared CPU
+    with Engine(stories_gguf, n_ctx=512, logits_all=True, n_threads=1) as e:
         yield e
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgegen.runtime.stops import StopFilter, first_stop, stop_prefix_len
@@ -21,6 +21,7 @@ def _split(text: str, cuts: list[int]) -> list[str]:
     return pieces
 
 
+@settings(max_examples=500)
 @given(texts, stop_sets, st.lists(st.integers(0, 100), max_size=10))
 def test_streamed_text_equals_text_cut_at_first_stop(text: str, stops: tuple[str, ...], cuts: list[int]) -> None:
     f = StopFilter(stops)

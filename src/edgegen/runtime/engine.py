@@ -261,6 +261,8 @@ class Engine:
                 if stats.completion_tokens >= budget:
                     break
             tail = stops.flush() + decoder.decode(b"", final=True)
+            if stops.stopped:
+                stats.finish_reason = "stop"
             if tail:
                 yield Token(-1, tail)
         finally:

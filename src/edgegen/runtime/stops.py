@@ -3,7 +3,9 @@
 ``StopFilter.push(piece)`` returns the text that is safe to emit now and whether a stop string was
 hit. Text that could be the beginning of a stop string is held back until the next piece settles it;
 ``flush()`` releases what is held when the stream ends for another reason. The emitted text is always
-exactly the full text cut before the first occurrence of any stop string.
+exactly the full text cut before the earliest-starting occurrence of any stop string, however the
+text was split into pieces (a complete stop is not acted on while a longer one that starts earlier
+may still complete).
 """
 
 from __future__ import annotations
@@ -21,19 +23,27 @@ class StopFilter:
         if not self.stops:
             return piece
         text = self._held + piece
-        self._held = ""
+        # earliest position where a stop string may begin but is not complete yet
+        pending = len(text) - stop_prefix_len(text, self.stops)
         cut = first_stop(text, self.stops)
-        if cut is not None:
+        if cut is not None and cut <= pending:
             self.stopped = True
+            self._held = ""
             return text[:cut]
-        keep = stop_prefix_len(text, self.stops)
-        if keep:
-            text, self._held = text[:-keep], text[-keep:]
-        return text
+        # no stop yet, or an earlier one may still complete: hold everything from ``pending`` on
+        self._held = text[pending:]
+        return text[:pending]
 
     def flush(self) -> str:
+        """The stream ended: release what is held, cut at a stop string it may contain."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        cut = first_stop(held, self.stops) if self.stops else None
+        if cut is not None:
+            self.stopped = True
+            return held[:cut]
+        return held
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
