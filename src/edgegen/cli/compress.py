@@ -1,9 +1,107 @@
-"""CLI commands for the compress capability."""
+"""``edgegen compress SRC -o OUT.gguf``: calibrated mixed-precision quantization under a size budget."""
 
 from __future__ import annotations
 
+import json
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from edgegen.cli._common import check_output_path, console, err_console, progress_bar
+from edgegen.config import get_settings
+from edgegen.errors import OutputError
+
+STAGES = {
+    "convert": "converting",
+    "calibrate": "calibrating",
+    "measure": "measuring sensitivity",
+    "quantize": "quantizing + writing",
+}
+
+
+class _StageBars:
+    """One Rich progress bar per pipeline stage, opened when the stage reports first."""
+
+    def __init__(self) -> None:
+        self.stack = ExitStack()
+        self.stage: str | None = None
+        self.update = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.stack.close()
+            self.stack = ExitStack()
+            self.update = self.stack.enter_context(progress_bar(STAGES.get(stage, stage)))
+            self.stage = stage
+        assert self.update is not None
+        self.update(done, total)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def _resolve(spec: str) -> Path:
+    from edgegen.hub.sources import parse_source, pull
+
+    if isinstance(parse_source(spec), Path):
+        return pull(spec, get_settings().home)
+    with progress_bar(f"fetching {spec}", bytes_=True) as update:
+        return pull(spec, get_settings().home, update)
+
+
+def compress_cmd(
+    src: Annotated[str, typer.Argument(help="GGUF file, Hugging Face folder or catalogue name")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="output .gguf")],
+    max_size_mib: Annotated[float | None, typer.Option("--max-size-mib", help="whole-file budget")] = None,
+    bpw: Annotated[float | None, typer.Option("--bpw", help="tensor bits per weight budget")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="smallest, q4 (default), q5, q6, q8")] = None,
+    calib: Annotated[Path | None, typer.Option(
+        "--calib", help="calibration text file or folder of .txt (default: Shakespeare plays)")] = None,
+    no_calib: Annotated[bool, typer.Option("--no-calib", help="skip calibration (plain rounding)")] = False,
+    speed_of: Annotated[Path | None, typer.Option(
+        "--speed-of", help="a GGUF the result must decode at least as fast as (by the kernel cost model)")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="write the JSON report here")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default 1)")] = None,
+) -> None:
+    """Quantize a model to GGUF with calibrated rounding and a per-tensor type mix that fits the budget."""
+    from edgegen.compress.pipeline import Budget, CompressConfig, compress
+    from edgegen.compress.texts import default_calibration_text
+
+    # bad flags fail before any work
+    budget = Budget.of(max_size_mib=max_size_mib, bpw=bpw, preset=preset, speed_of=speed_of)
+    check_output_path(out)
+    if report is not None:
+        check_output_path(report)
+    path = _resolve(src)
+    calib_text = None
+    if calib is None and not no_calib:
+        calib_text = default_calibration_text(get_settings().home)
+    bars = _StageBars()
+    try:
+        result = compress(path, out, budget=budget, calib=None if no_calib else calib, calib_text=calib_text,
+                          config=CompressConfig(n_threads=threads) if threads else CompressConfig(), progress=bars)
+    finally:
+        bars.close()
+    data = result.to_dict()
+    if report is not None:
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            report.write_text(json.dumps(data, indent=1) + "\n")
+        except OSError as exc:
+            raise OutputError(f"cannot write {report}: {exc.strerror}") from exc
+    mix = ", ".join(f"{k} {v / result.n_params:.0%}" for k, v in sorted(result.types.items(), key=lambda kv: -kv[1]))
+    console.print(
+        f"wrote {result.output}: {result.file_bytes / 2**20:.2f} MiB, {result.bits_per_weight:.3f} bpw "
+        f"(budget {result.budget}); predicted KL {result.predicted_kl:.4f}; types: {mix}",
+        highlight=False, soft_wrap=True,
+    )
+    err_console.print(
+        "stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
+        + f"; peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB", highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Nothing registered yet."""
+    app.command("compress")(compress_cmd)

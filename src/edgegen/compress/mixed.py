@@ -16,6 +16,7 @@ Pure logic: arrays in, choices out.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,12 +27,15 @@ from edgegen.compress.calibrate import TensorStats
 from edgegen.compress.rounding import hessian_error, round_parts
 from edgegen.errors import BudgetError
 
+BIG = 0.05  # a tensor holding more than this share of the bytes is enumerated, not priced
+
 
 @dataclass(frozen=True)
 class Candidate:
     qtype: str  # ggml type name
     nbytes: int
     loss: float  # predicted mean KL rise (nats per token)
+    ms: float = 0.0  # predicted decode time per token (``speed``)
 
 
 @dataclass
@@ -126,19 +130,21 @@ def measure_group(
     return out
 
 
-def _hull(cands: list[Candidate]) -> list[Candidate]:
-    """Lower convex hull of (bytes, loss), from smallest to largest, dominated points removed."""
-    pts = sorted(cands, key=lambda c: (c.nbytes, c.loss))
+def _hull(cands: list[Candidate], mu: float = 0.0) -> list[Candidate]:
+    """Lower convex hull of (bytes, loss + mu * ms), smallest first, dominated points removed."""
+
+    def cost(c: Candidate) -> float:
+        return c.loss + mu * c.ms
+
+    pts = sorted(cands, key=lambda c: (c.nbytes, cost(c)))
     front: list[Candidate] = []
     for c in pts:
-        if front and c.loss >= front[-1].loss:
+        if front and cost(c) >= cost(front[-1]):
             continue  # bigger and no better
-        if front and c.nbytes == front[-1].nbytes:
-            front.pop()
         while len(front) >= 2:
             a, b = front[-2], front[-1]
             # b lies on or above the segment a-c: drop it
-            if (b.loss - a.loss) * (c.nbytes - a.nbytes) >= (c.loss - a.loss) * (b.nbytes - a.nbytes):
+            if (cost(b) - cost(a)) * (c.nbytes - a.nbytes) >= (cost(c) - cost(a)) * (b.nbytes - a.nbytes):
                 front.pop()
             else:
                 break
@@ -150,9 +156,98 @@ def min_bytes(choices: list[TensorChoice]) -> int:
     return sum(min(c.nbytes for c in t.candidates) for t in choices)
 
 
-def allocate(choices: list[TensorChoice], budget_bytes: int) -> dict[str, Candidate]:
-    """One candidate per tensor, total bytes <= budget_bytes, greedy on predicted loss per byte."""
-    hulls = {t.name: _hull(t.candidates) for t in choices}
+def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | None = None) -> dict[str, Candidate]:
+    """One candidate per tensor, total bytes <= budget_bytes (and total ms <= max_ms), least loss.
+
+    Bytes alone: greedy along the convex hulls. With a decode-time limit too: the few tensors big
+    enough to swing the totals on their own (more than ``BIG`` of the bytes; in a small model the
+    embedding) are enumerated; for each setting the rest is solved by Lagrangian relaxation (time
+    priced at mu loss units per ms, mu the smallest price that meets the limit, by bisection),
+    then leftover bytes and time are spent by a greedy fill.
+    """
+    if max_ms is None:
+        return _allocate(choices, budget_bytes, 0.0)
+    total = sum(max(c.nbytes for c in t.candidates) for t in choices)
+    big = sorted((t for t in choices if max(c.nbytes for c in t.candidates) > BIG * total),
+                 key=lambda t: -max(c.nbytes for c in t.candidates))[:2]
+    rest = [t for t in choices if t not in big]
+    best: dict[str, Candidate] | None = None
+    for combo in itertools.product(*[t.candidates for t in big]):
+        fixed_bytes, fixed_ms = sum(c.nbytes for c in combo), sum(c.ms for c in combo)
+        if fixed_bytes > budget_bytes or fixed_ms > max_ms:
+            continue
+        try:
+            picks = _lagrange(rest, budget_bytes - fixed_bytes, max_ms - fixed_ms)
+        except BudgetError:
+            continue
+        picks = _fill(rest, picks, budget_bytes - fixed_bytes, max_ms - fixed_ms)
+        picks.update({t.name: c for t, c in zip(big, combo, strict=True)})
+        if best is None or _total_loss(picks) < _total_loss(best):
+            best = picks
+    if best is None:
+        fastest = sum(min(c.ms for c in t.candidates) for t in choices)
+        raise BudgetError(
+            f"no mix within {budget_bytes / 2**20:.2f} MiB of tensors decodes within {max_ms:.3f} ms per "
+            f"token by the speed model (the fastest types alone take {fastest:.3f} ms)"
+        )
+    return best
+
+
+def _lagrange(choices: list[TensorChoice], budget_bytes: int, max_ms: float) -> dict[str, Candidate]:
+    picks = _allocate(choices, budget_bytes, 0.0)
+    if _total_ms(picks) <= max_ms:
+        return picks
+    hi = 1e-6
+    while _total_ms(_allocate(choices, budget_bytes, hi)) > max_ms:
+        hi *= 4
+        if hi > 1e6:
+            raise BudgetError("too slow")
+    lo = hi / 4
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if _total_ms(_allocate(choices, budget_bytes, mid)) > max_ms:
+            lo = mid
+        else:
+            hi = mid
+    return _allocate(choices, budget_bytes, hi)
+
+
+def _fill(choices: list[TensorChoice], picks: dict[str, Candidate], budget_bytes: int,
+          max_ms: float) -> dict[str, Candidate]:
+    """Spend what is left of both budgets: repeatedly take the switch that removes most loss per
+    share of the remaining resources, while one fits."""
+    picks = dict(picks)
+    while True:
+        bytes_left = budget_bytes - sum(c.nbytes for c in picks.values())
+        ms_left = max_ms - _total_ms(picks)
+        best, best_score = None, 0.0
+        for t in choices:
+            cur = picks[t.name]
+            for c in t.candidates:
+                gain = cur.loss - c.loss
+                db, dt = c.nbytes - cur.nbytes, c.ms - cur.ms
+                if gain <= 0 or db > bytes_left or dt > ms_left + 1e-12:
+                    continue
+                use = max(db, 0) / max(bytes_left, 1) + max(dt, 0.0) / max(ms_left, 1e-12)
+                score = gain / use if use > 0 else float("inf")
+                if score > best_score:
+                    best, best_score = (t.name, c), score
+        if best is None:
+            return picks
+        picks[best[0]] = best[1]
+
+
+def _total_loss(picks: dict[str, Candidate]) -> float:
+    return sum(c.loss for c in picks.values())
+
+
+def _total_ms(picks: dict[str, Candidate]) -> float:
+    return sum(c.ms for c in picks.values())
+
+
+def _allocate(choices: list[TensorChoice], budget_bytes: int, mu: float) -> dict[str, Candidate]:
+    """Greedy along each tensor's hull: buy the upgrade removing most cost per byte while it fits."""
+    hulls = {t.name: _hull(t.candidates, mu) for t in choices}
     pick = {name: 0 for name in hulls}
     used = sum(h[0].nbytes for h in hulls.values())
     if used > budget_bytes:
@@ -165,8 +260,8 @@ def allocate(choices: list[TensorChoice], budget_bytes: int) -> dict[str, Candid
     def push(name: str) -> None:
         h, i = hulls[name], pick[name]
         if i + 1 < len(h):
-            gain = (h[i].loss - h[i + 1].loss) / max(1, h[i + 1].nbytes - h[i].nbytes)
-            heapq.heappush(heap, (-gain, name))
+            gain = (h[i].loss + mu * h[i].ms - h[i + 1].loss - mu * h[i + 1].ms)
+            heapq.heappush(heap, (-gain / max(1, h[i + 1].nbytes - h[i].nbytes), name))
 
     for name in hulls:
         push(name)

@@ -19,11 +19,12 @@ format (``InvalidModelError``). Nothing is ever left half-written at ``out``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,31 +50,40 @@ class Budget:
     max_bytes: int | None = None
     bpw: float | None = None
     smallest: bool = False
+    max_decode_ms: float | None = None  # optional speed limit, in ``speed.decode_cost`` units
 
     @classmethod
     def of(cls, *, max_size_mib: float | None = None, bpw: float | None = None,
-           preset: str | None = None) -> Budget:
+           preset: str | None = None, speed_of: Path | None = None) -> Budget:
+        """From CLI-style options; ``speed_of``: an existing GGUF the result must decode as fast as."""
         given = [x is not None for x in (max_size_mib, bpw, preset)]
         if sum(given) > 1:
             raise UserInputError("give only one of --max-size-mib, --bpw and --preset")
+        ms = None
+        if speed_of is not None:
+            from edgegen.compress.speed import file_decode_cost
+            from edgegen.formats.gguf_file import validate_gguf
+
+            validate_gguf(Path(speed_of))
+            ms = file_decode_cost(Path(speed_of))
         if max_size_mib is not None:
             if not max_size_mib > 0:
                 raise BudgetError(f"the size budget must be positive, not {max_size_mib} MiB")
-            return cls(max_bytes=int(max_size_mib * 2**20))
+            return cls(max_bytes=int(max_size_mib * 2**20), max_decode_ms=ms)
         if bpw is not None:
             if not bpw > 0:
                 raise BudgetError(f"bits per weight must be positive, not {bpw}")
-            return cls(bpw=float(bpw))
+            return cls(bpw=float(bpw), max_decode_ms=ms)
         name = (preset or "q4").lower()
         if name not in PRESETS:
             raise UserInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         target = PRESETS[name]
-        return cls(smallest=True) if target is None else cls(bpw=target)
+        return cls(smallest=True, max_decode_ms=ms) if target is None else cls(bpw=target, max_decode_ms=ms)
 
     def describe(self) -> str:
-        if self.max_bytes is not None:
-            return f"{self.max_bytes / 2**20:.2f} MiB"
-        return "smallest" if self.smallest else f"{self.bpw} bpw"
+        size = (f"{self.max_bytes / 2**20:.2f} MiB" if self.max_bytes is not None
+                else "smallest" if self.smallest else f"{self.bpw} bpw")
+        return size if self.max_decode_ms is None else f"{size}, <= {self.max_decode_ms:.3f} ms/token"
 
 
 @dataclass
@@ -85,7 +95,10 @@ class CompressConfig:
     damp: float = 0.01  # GPTQ damping, a fraction of the mean Hessian diagonal
     types: tuple[str, ...] = DEFAULT_TYPES  # candidate block formats (F16 is always a candidate)
     seed: int = 0
-    n_threads: int | None = None
+    # torch threads. One by default: the per-column GPTQ steps are tiny ops, and on a shared machine
+    # an OpenMP barrier waiting for a descheduled sibling thread costs milliseconds per op (measured:
+    # a 512-token forward takes 2.1 s on one thread, 4-6 s on two, with other jobs running).
+    n_threads: int | None = 1
     extra: dict = field(default_factory=dict)
 
 
@@ -114,10 +127,26 @@ def compress(
     if out.exists() and out.resolve() == src.resolve():
         raise OutputError(f"the output {out} is the source itself; choose another file name")
     text = planning.read_calibration(Path(calib) if calib is not None else None, calib_text)
-    if config.n_threads:
-        import torch
+    with _torch_threads(config.n_threads):
+        return _compress(src, out, budget, text, config, progress)
 
-        torch.set_num_threads(config.n_threads)
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compress(
+    src: Path, out: Path, budget: Budget, text: str | None, config: CompressConfig, progress: Progress | None
+) -> CompressReport:
     timer = _Timer()
     with tempfile.TemporaryDirectory(prefix="edgegen-compress-") as tmp:
         gguf_path = src
@@ -143,7 +172,7 @@ def compress(
             timer.lap("calibrate")
         choices = planning.measure_all(model, cal, config, _stage(progress, "measure"))
         timer.lap("measure")
-        picks = planning.allocate_types(choices, tensor_budget)
+        picks = planning.allocate_types(choices, tensor_budget, budget.max_decode_ms)
         out_plan = model.out_plan({name: c.qtype for name, c in picks.items()})
         rounding = planning.Rounder(model, cal, config, out_plan)
         write_quantized(out, reader, arch, out_plan, rounding.produce, _stage(progress, "quantize"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from edgegen.compress.calibrate import Calibration, TensorStats, calibrate, toke
 from edgegen.compress.gguf_out import OutTensor, _pad
 from edgegen.compress.mixed import Candidate, TensorChoice, allocate, measure_group, plain_weights, row_loss
 from edgegen.compress.rounding import hessian_error, inverse_cholesky, round_parts
+from edgegen.compress.speed import read_per_token, tensor_ms
 from edgegen.errors import InvalidTextError, UserInputError
 
 MIN_CALIB_TOKENS = 64
@@ -175,21 +177,29 @@ def measure_all(
     chol = _CholCache(config.damp)
     config.extra["chol"] = chol  # reused by the final rounding pass
     out: list[TensorChoice] = []
+    names = set(model.shapes)
     done = 0
     for group in _groups(model, cal):
         members = [(n, model.weight(n), _stats(cal, n)) for n in group]
         cands = [model.candidates(n, config.types) for n in group]
         H = _hessian(cal, group[0], model.shapes[group[0]][1])
         seed = config.seed * 1_000_003 + zlib.crc32(group[0].encode())
-        out += measure_group(members, cands, hessian=H, chol=chol.get(H), max_rows=config.sample_rows, seed=seed)
+        for choice in measure_group(members, cands, hessian=H, chol=chol.get(H), max_rows=config.sample_rows,
+                                    seed=seed):
+            if read_per_token(choice.name, names):
+                n = choice.shape[0] * choice.shape[1]
+                choice.candidates = [replace(c, ms=tensor_ms(c.qtype, n)) for c in choice.candidates]
+            out.append(choice)
         done += len(group)
         if progress:
             progress(done, len(model.matrices))
     return out
 
 
-def allocate_types(choices: list[TensorChoice], tensor_budget: int) -> dict[str, Candidate]:
-    return allocate(choices, tensor_budget)
+def allocate_types(
+    choices: list[TensorChoice], tensor_budget: int, max_ms: float | None = None
+) -> dict[str, Candidate]:
+    return allocate(choices, tensor_budget, max_ms)
 
 
 class Rounder:

@@ -42,6 +42,7 @@ class CompressReport:
     fisher_tokens: int
     predicted_kl: float
     measured_kl: float
+    predicted_decode_ms: float  # matrix work per token at one thread, by the ``speed`` model
     types: dict[str, int]  # type -> parameters stored in it
     seconds: dict[str, float]
     peak_rss_bytes: int
@@ -53,7 +54,10 @@ class CompressReport:
         for t in tensors:
             types[t.type] += math.prod(t.shape)
         tensor_bytes = sum(t.bytes for t in tensors)
+        from edgegen.compress.speed import decode_cost
+
         return cls(
+            predicted_decode_ms=round(decode_cost((t.name, tuple(t.shape), t.type) for t in tensors), 4),
             tensors=tensors, n_params=n_params,
             bits_per_weight=round(8 * tensor_bytes / max(1, n_params), 4),
             predicted_kl=sum(t.predicted_kl for t in tensors),

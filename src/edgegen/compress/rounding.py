@@ -96,8 +96,9 @@ def _plain(W: np.ndarray, qt: QuantType, weights: np.ndarray | None) -> Rounded:
 
 def hessian_error(E: np.ndarray, H: np.ndarray) -> np.ndarray:
     """Per row r: E_r H E_r^T, the mean squared output error the weight error E causes."""
-    E = np.asarray(E, np.float32)
-    return np.einsum("rc,rc->r", E @ np.asarray(H, np.float32), E, dtype=np.float64)
+    Et = torch.from_numpy(np.ascontiguousarray(E, np.float32))
+    EH = Et @ torch.from_numpy(np.ascontiguousarray(H, np.float32))
+    return (EH * Et).sum(1, dtype=torch.float64).numpy()
 
 
 def inverse_cholesky(H: np.ndarray, damp: float) -> torch.Tensor:
@@ -140,17 +141,30 @@ def _gptq(parts: list[np.ndarray], types: list[QuantType], H: np.ndarray, U: tor
     hi = torch.cat([torch.full((len(p),), float(s.qt.levels[-1])) for p, s in zip(parts, specs)])
     nonuniform = [s for s in specs if not s.qt.uniform]
     mids = {id(s): torch.from_numpy((s.qt.fit_levels[1:] + s.qt.fit_levels[:-1]) / 2) for s in nonuniform}
+    by_type: dict[int, list[_Part]] = {}
+    for s in specs:
+        by_type.setdefault(id(s.qt), []).append(s)
     for c0 in range(0, cols, CHUNK):
-        for s in specs:
-            if c0 % s.qt.block == 0:  # a new block of this part starts: fit its grid on the updated weights
-                b = slice(c0, c0 + s.qt.block)
-                Wb = W[s.rows, b].numpy()
-                grid = s.qt.fit(Wb, np.broadcast_to(importance[b], Wb.shape))
-                s.grids.append(grid)
-                sc, off = s.qt.expand(grid.scale), s.qt.expand(grid.offset)
-                S[s.rows, b], OFF[s.rows, b] = torch.from_numpy(sc), torch.from_numpy(off)
-                with np.errstate(divide="ignore"):
-                    INV[s.rows, b] = torch.from_numpy(np.where(sc != 0, 1 / sc, 0).astype(np.float32))
+        for same in by_type.values():
+            qt = same[0].qt
+            if c0 % qt.block:
+                continue
+            # a new block starts: fit the grids of every part in this format on the updated weights, at once
+            b = slice(c0, c0 + qt.block)
+            Wb = np.concatenate([W[s.rows, b].numpy() for s in same]) if len(same) > 1 else W[same[0].rows, b].numpy()
+            grid = qt.fit(Wb, np.broadcast_to(importance[b], Wb.shape))
+            sc, off = qt.expand(grid.scale), qt.expand(grid.offset)
+            with np.errstate(divide="ignore"):
+                inv = np.where(sc != 0, 1 / sc, 0).astype(np.float32)
+            at = 0
+            for s in same:
+                n = s.rows.stop - s.rows.start
+                part = slice(at, at + n)
+                s.grids.append(grid.take(np.arange(at, at + n)) if len(same) > 1 else grid)
+                S[s.rows, b] = torch.from_numpy(sc[part])
+                OFF[s.rows, b] = torch.from_numpy(off[part])
+                INV[s.rows, b] = torch.from_numpy(inv[part])
+                at += n
         c1 = c0 + CHUNK
         Wc, Uc = W[:, c0:c1], U[c0:c1, c0:c1]
         err = torch.empty(R, CHUNK)

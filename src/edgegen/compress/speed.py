@@ -1,0 +1,70 @@
+"""How fast llama.cpp decodes each block format: a per-weight cost model for the allocator.
+
+At batch size 1 every weight matrix (and the output matrix, which is the token embedding when the
+two are tied) is read once per token, and the time a matrix costs is close to its parameter count
+times a per-format constant of the CPU kernels. Formats differ a lot: on x86-64 with AVX2, Q4_0 and
+IQ4_NL are repacked into interleaved layouts and run fastest, Q4_1 and the 5-bit formats have no
+such path. ``DECODE_NS_PER_WEIGHT`` holds those constants, measured with llama-cpp-python 0.3.36
+(one thread, CPU time per generated token of SmolLM2-135M variants that differ in one tensor class,
+e.g. every block matrix Q4_0 vs Q4_1) on the 2-core AMD EPYC (AVX2, FMA, F16C) the benchmarks run on.
+Other CPUs order the formats similarly but not identically; the model only steers choices, the
+benchmark measures real speed.
+
+``decode_cost(...)`` of a plan or of an existing GGUF is the predicted milliseconds of matrix work
+per token at one thread; comparing two files of the same model by it is meaningful (the per-token
+overheads outside the matrices are the same), its absolute value is approximate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+DECODE_NS_PER_WEIGHT: dict[str, float] = {
+    "IQ4_NL": 0.046,
+    "Q2_K": 0.047,
+    "Q4_0": 0.049,
+    "Q4_K": 0.057,
+    "Q3_K": 0.065,
+    "Q4_1": 0.070,
+    "Q5_K": 0.075,
+    "Q6_K": 0.076,
+    "Q8_0": 0.079,
+    "Q5_1": 0.084,
+    "Q5_0": 0.085,
+    "F16": 0.122,
+    "F32": 0.200,
+}
+UNKNOWN_NS = 0.1
+
+
+def read_per_token(name: str, names: set[str]) -> bool:
+    """Whether a 2-D tensor is multiplied at every token (an untied embedding is only looked up)."""
+    if name == "token_embd.weight":
+        return "output.weight" not in names
+    return True
+
+
+def tensor_ms(qtype: str, n_params: int) -> float:
+    return DECODE_NS_PER_WEIGHT.get(qtype, UNKNOWN_NS) * n_params * 1e-6
+
+
+def decode_cost(tensors: Iterable[tuple[str, tuple[int, ...], str]]) -> float:
+    """Predicted ms of matrix work per token, from (name, shape, ggml type name) of every tensor."""
+    items = list(tensors)
+    names = {n for n, _, _ in items}
+    return sum(
+        tensor_ms(t, int(np.prod(s))) for n, s, t in items if len(s) >= 2 and read_per_token(n, names)
+    )
+
+
+def file_decode_cost(path: Path) -> float:
+    """``decode_cost`` of an existing GGUF file."""
+    from edgegen.formats.gguf_file import open_reader
+
+    reader = open_reader(Path(path))
+    return decode_cost(
+        (t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors
+    )
