@@ -161,11 +161,13 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("out"),
     model: Annotated[str | None, typer.Option("--model")] = None,
     text: Annotated[Path | None, typer.Option("--text", help="evaluation text (default: Shakespeare)")] = None,
+    with_edgegen: Annotated[bool, typer.Option("--with-edgegen", help="also run edgegen's quantizer")] = False,
 ) -> None:
     """The main job: pull, make the F16 reference, compress, eval and bench both, report, chat."""
     from edgegen.report.demo import run_demo
 
-    report = run_demo(out, model=model, text=text, log=lambda msg: err_console.print(msg, highlight=False))
+    report = run_demo(out, model=model, text=text, with_edgegen=with_edgegen,
+                      log=lambda msg: err_console.print(msg, highlight=False))
     console.print(f"report: {report}", highlight=False)
 
 

@@ -34,8 +34,10 @@ def _compress_ours(ref: Path, out: Path, max_bytes: int, calib: Path, log: Calla
     return out
 
 
-def run_demo(out: Path, *, model: str | None = None, text: Path | None = None,
+def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, with_edgegen: bool = False,
              log: Callable[[str], None] = lambda _m: None) -> Path:
+    """``with_edgegen`` adds edgegen's own quantizer at the anchor's size (off until the compression
+    capability has met its targets; llama.cpp's quantizer is the default, as the Foundation issue asks)."""
     from edgegen.evaluate.bench import measure_bandwidth, run_bench
     from edgegen.evaluate.quality import evaluate_many
     from edgegen.formats.convert import convert_model
@@ -68,12 +70,13 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None,
         text = out / "evaluation.txt"
         text.write_text("\n\n".join((plays / p).read_text(errors="replace") for p in EVALUATION_PLAYS))
 
-    log("[3/6] compressing: llama.cpp Q4_K_M (anchor) and edgegen at no larger size")
+    log("[3/6] compressing: llama.cpp Q4_K_M" + (" and edgegen at no larger size" if with_edgegen else ""))
     anchor = models_dir / "llamacpp-Q4_K_M.gguf"
     if not anchor.exists():
         llamacpp_quantize(ref, anchor, "Q4_K_M")
     ours = models_dir / "edgegen.gguf"
-    have_ours = ours.exists() or _compress_ours(ref, ours, anchor.stat().st_size, calib, log) is not None
+    have_ours = with_edgegen and (
+        ours.exists() or _compress_ours(ref, ours, anchor.stat().st_size, calib, log) is not None)
 
     variants = {"publisher Q4_1": source, "llama.cpp Q4_K_M": anchor}
     if have_ours:
