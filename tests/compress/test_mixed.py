@@ -72,3 +72,36 @@ def test_row_sampling_estimates_the_total_without_bias():
     assert np.mean(estimates) == pytest.approx(values.sum(), rel=0.05)
     rows, w = sample_rows(proxy, 5000, np.random.default_rng(0))
     assert len(rows) == 2000 and (w == 1).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(
+        st.lists(st.tuples(st.integers(1, 50), st.floats(0, 10, allow_nan=False), st.floats(0, 5, allow_nan=False)),
+                 min_size=1, max_size=4),
+        min_size=1, max_size=4,
+    ),
+    slack=st.integers(0, 120),
+    time_frac=st.floats(0, 1),
+)
+def test_time_limited_allocation_respects_both_limits(data, slack, time_frac):
+    choices = [TensorChoice(f"t{i}", (1, 1), [Candidate(f"T{j}", b, loss, ms) for j, (b, loss, ms) in enumerate(pts)])
+               for i, pts in enumerate(data)]
+    budget = sum(min(b for b, _, _ in pts) for pts in data) + slack
+    fastest = sum(min(ms for _, _, ms in pts) for pts in data)
+    slowest = sum(max(ms for _, _, ms in pts) for pts in data)
+    max_ms = fastest + time_frac * (slowest - fastest)
+    feasible = [
+        combo for combo in itertools.product(*[t.candidates for t in choices])
+        if sum(c.nbytes for c in combo) <= budget and sum(c.ms for c in combo) <= max_ms + 1e-9
+    ]
+    if not feasible:
+        with pytest.raises(BudgetError):
+            allocate(choices, budget, max_ms)
+        return
+    try:
+        picks = allocate(choices, budget, max_ms)
+    except BudgetError:
+        pytest.fail("a feasible mix exists but the allocator gave up")
+    assert sum(c.nbytes for c in picks.values()) <= budget
+    assert sum(c.ms for c in picks.values()) <= max_ms + 1e-9

@@ -167,6 +167,7 @@ def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | Non
     """
     if max_ms is None:
         return _allocate(choices, budget_bytes, 0.0)
+    max_ms += 1e-9 * max(1.0, abs(max_ms))  # sums in another order must not fail on rounding
     total = sum(max(c.nbytes for c in t.candidates) for t in choices)
     big = sorted((t for t in choices if max(c.nbytes for c in t.candidates) > BIG * total),
                  key=lambda t: -max(c.nbytes for c in t.candidates))[:2]

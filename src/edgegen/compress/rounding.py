@@ -96,8 +96,8 @@ def _plain(W: np.ndarray, qt: QuantType, weights: np.ndarray | None) -> Rounded:
 
 def hessian_error(E: np.ndarray, H: np.ndarray) -> np.ndarray:
     """Per row r: E_r H E_r^T, the mean squared output error the weight error E causes."""
-    Et = torch.from_numpy(np.ascontiguousarray(E, np.float32))
-    EH = Et @ torch.from_numpy(np.ascontiguousarray(H, np.float32))
+    Et = torch.from_numpy(np.array(E, np.float32))  # a copy: inputs may be read-only views
+    EH = Et @ torch.from_numpy(np.array(H, np.float32))
     return (EH * Et).sum(1, dtype=torch.float64).numpy()
 
 

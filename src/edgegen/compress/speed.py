@@ -5,8 +5,9 @@ two are tied) is read once per token, and the time a matrix costs is close to it
 times a per-format constant of the CPU kernels. Formats differ a lot: on x86-64 with AVX2, Q4_0 and
 IQ4_NL are repacked into interleaved layouts and run fastest, Q4_1 and the 5-bit formats have no
 such path. ``DECODE_NS_PER_WEIGHT`` holds those constants, measured with llama-cpp-python 0.3.36
-(one thread, CPU time per generated token of SmolLM2-135M variants that differ in one tensor class,
-e.g. every block matrix Q4_0 vs Q4_1) on the 2-core AMD EPYC (AVX2, FMA, F16C) the benchmarks run on.
+on the 2-core AMD EPYC (AVX2, FMA, F16C) the benchmarks run on: one thread, best-of-6 CPU time per
+generated token of SmolLM2-135M written entirely in one format (k-quants: only the 1536-wide FFN
+down projections swapped in, the rest Q4_0), minus 1.2 ms of per-token work outside the matrices.
 Other CPUs order the formats similarly but not identically; the model only steers choices, the
 benchmark measures real speed.
 
@@ -23,19 +24,19 @@ from pathlib import Path
 import numpy as np
 
 DECODE_NS_PER_WEIGHT: dict[str, float] = {
-    "IQ4_NL": 0.046,
-    "Q2_K": 0.047,
-    "Q4_0": 0.049,
-    "Q4_K": 0.057,
-    "Q3_K": 0.065,
-    "Q4_1": 0.070,
-    "Q5_K": 0.075,
-    "Q6_K": 0.076,
-    "Q8_0": 0.079,
-    "Q5_1": 0.084,
-    "Q5_0": 0.085,
-    "F16": 0.122,
-    "F32": 0.200,
+    "Q2_K": 0.024,
+    "Q4_K": 0.039,
+    "Q3_K": 0.045,
+    "IQ4_NL": 0.055,
+    "Q4_0": 0.0555,
+    "Q5_K": 0.061,
+    "Q6_K": 0.062,
+    "Q4_1": 0.073,
+    "Q5_0": 0.088,
+    "Q5_1": 0.090,
+    "Q8_0": 0.093,
+    "F16": 0.132,
+    "F32": 0.26,
 }
 UNKNOWN_NS = 0.1
 
