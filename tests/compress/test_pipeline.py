@@ -158,3 +158,18 @@ def test_cli_compresses_and_writes_report(tmp_path, stories_gguf):
     assert exc.value.code == 0
     data = json.loads(rep.read_text())
     assert data["file_bytes"] == out.stat().st_size and data["calibrated"]
+
+
+def test_speed_limit_from_a_reference_file_is_met(tmp_path, compressed, stories_gguf):
+    from edgegen.compress.speed import file_decode_cost
+
+    ref, _ = compressed  # the smallest mix: fast formats
+    free = compress(stories_gguf, tmp_path / "free.gguf", budget=Budget.of(max_size_mib=0.6),
+                    calib_text=CALIB, config=FAST)
+    limited = compress(stories_gguf, tmp_path / "lim.gguf", budget=Budget.of(max_size_mib=0.6, speed_of=ref),
+                       calib_text=CALIB, config=FAST)
+    limit = file_decode_cost(ref)
+    assert free.predicted_decode_ms > limit  # the size budget alone buys slower formats here
+    assert limited.predicted_decode_ms <= limit * (1 + 1e-6)
+    assert file_decode_cost(tmp_path / "lim.gguf") == pytest.approx(limited.predicted_decode_ms, rel=1e-3)
+    assert limited.predicted_kl >= free.predicted_kl

@@ -10,8 +10,6 @@ This module does not choose types or compute values.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,8 +20,9 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType
 
-from edgegen.errors import OutputError, QuantizationError
+from edgegen.errors import QuantizationError
 from edgegen.formats.dequant import metadata_copier
+from edgegen.formats.gguf_write import atomic_output
 
 ALIGN = 32
 FILE_TYPES = {
@@ -43,7 +42,7 @@ class OutTensor:
     nbytes: int
 
 
-def _pad(n: int) -> int:
+def padded(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -80,11 +79,11 @@ def header_bytes(reader: Any, arch: str, plan: Sequence[OutTensor]) -> int:
         path = Path(tmp) / "header.gguf"
         writer = _writer_with_header(path, reader, arch, plan)
         writer.close()
-        return _pad(path.stat().st_size)
+        return padded(path.stat().st_size)
 
 
 def file_bytes(header: int, plan: Sequence[OutTensor]) -> int:
-    return header + sum(_pad(t.nbytes) for t in plan)
+    return header + sum(padded(t.nbytes) for t in plan)
 
 
 def write_quantized(
@@ -96,13 +95,7 @@ def write_quantized(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``plan`` to ``out`` atomically; ``produce(t)`` returns tensor t's stored array."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out.parent}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_output(out) as tmp:
         writer = _writer_with_header(tmp, reader, arch, plan)
         try:
             for i, t in enumerate(plan):
@@ -115,13 +108,4 @@ def write_quantized(
             writer.flush()
         finally:
             writer.close()
-        os.replace(tmp, out)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     return out

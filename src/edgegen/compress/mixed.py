@@ -152,10 +152,6 @@ def _hull(cands: list[Candidate], mu: float = 0.0) -> list[Candidate]:
     return front
 
 
-def min_bytes(choices: list[TensorChoice]) -> int:
-    return sum(min(c.nbytes for c in t.candidates) for t in choices)
-
-
 def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | None = None) -> dict[str, Candidate]:
     """One candidate per tensor, total bytes <= budget_bytes (and total ms <= max_ms), least loss.
 

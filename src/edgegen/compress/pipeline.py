@@ -25,7 +25,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgegen.compress import plan as planning
@@ -99,7 +99,6 @@ class CompressConfig:
     # an OpenMP barrier waiting for a descheduled sibling thread costs milliseconds per op (measured:
     # a 512-token forward takes 2.1 s on one thread, 4-6 s on two, with other jobs running).
     n_threads: int | None = 1
-    extra: dict = field(default_factory=dict)
 
 
 def compress(
@@ -170,24 +169,26 @@ def _compress(
         if text is not None:
             cal = planning.run_calibration(gguf_path, reader, text, config, _stage(progress, "calibrate"))
             timer.lap("calibrate")
-        choices = planning.measure_all(model, cal, config, _stage(progress, "measure"))
+        chol = planning.CholCache(config.damp)
+        choices = planning.measure_all(model, cal, config, chol, _stage(progress, "measure"))
         timer.lap("measure")
         picks = planning.allocate_types(choices, tensor_budget, budget.max_decode_ms)
         out_plan = model.out_plan({name: c.qtype for name, c in picks.items()})
-        rounding = planning.Rounder(model, cal, config, out_plan)
+        rounding = planning.Rounder(model, cal, out_plan, chol)
         write_quantized(out, reader, arch, out_plan, rounding.produce, _stage(progress, "quantize"))
         timer.lap("quantize")
     actual = out.stat().st_size
     expected = file_bytes(header, out_plan)
     if actual != expected:
         log.warning("output is %d bytes, the plan said %d", actual, expected)
+    measured_candidates = {ch.name: {c.qtype: [c.nbytes, c.loss] for c in ch.candidates} for ch in choices}
     tensors = [
         TensorReport(
             name=t.name, shape=list(t.shape), type=t.qtype, bytes=t.nbytes,
             predicted_kl=picks[t.name].loss if t.name in picks else 0.0,
             measured_kl=rounding.measured.get(t.name, (0.0, float("nan")))[0],
             rel_output_error=rounding.measured.get(t.name, (0.0, float("nan")))[1],
-            candidates={c.qtype: [c.nbytes, c.loss] for ch in choices if ch.name == t.name for c in ch.candidates},
+            candidates=measured_candidates.get(t.name, {}),
         )
         for t in out_plan
     ]

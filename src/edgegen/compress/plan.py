@@ -19,7 +19,7 @@ import numpy as np
 
 from edgegen.compress.blocks import F16, F32, FloatType, QuantType, storage_type
 from edgegen.compress.calibrate import Calibration, TensorStats, calibrate, token_sequences
-from edgegen.compress.gguf_out import OutTensor, _pad
+from edgegen.compress.gguf_out import OutTensor, padded
 from edgegen.compress.mixed import Candidate, TensorChoice, allocate, measure_group, plain_weights, row_loss
 from edgegen.compress.rounding import hessian_error, inverse_cholesky, round_parts
 from edgegen.compress.speed import read_per_token, tensor_ms
@@ -71,7 +71,7 @@ class SourceModel:
         return sum(4 * int(np.prod(self.shapes[n])) for n in self._kept())
 
     def fixed_bytes(self) -> int:
-        return sum(_pad(4 * int(np.prod(self.shapes[n]))) for n in self._kept())
+        return sum(padded(4 * int(np.prod(self.shapes[n]))) for n in self._kept())
 
     def min_bytes(self, types: Sequence[str]) -> int:
         return sum(
@@ -154,7 +154,9 @@ def _groups(model: SourceModel, cal: Calibration | None) -> list[list[str]]:
     return list(groups.values())
 
 
-class _CholCache:
+class CholCache:
+    """``inverse_cholesky`` once per distinct Hessian, shared by the measuring and the final pass."""
+
     def __init__(self, damp: float):
         self.damp, self.cache = damp, {}
 
@@ -172,10 +174,9 @@ def _hessian(cal: Calibration | None, name: str, cols: int) -> np.ndarray | None
 
 
 def measure_all(
-    model: SourceModel, cal: Calibration | None, config: Any, progress: Callable[[int, int], None] | None
+    model: SourceModel, cal: Calibration | None, config: Any, chol: CholCache,
+    progress: Callable[[int, int], None] | None,
 ) -> list[TensorChoice]:
-    chol = _CholCache(config.damp)
-    config.extra["chol"] = chol  # reused by the final rounding pass
     out: list[TensorChoice] = []
     names = set(model.shapes)
     done = 0
@@ -205,13 +206,12 @@ def allocate_types(
 class Rounder:
     """``produce(t)`` for ``write_quantized``: rounds a tensor's whole Hessian group on first request."""
 
-    def __init__(self, model: SourceModel, cal: Calibration | None, config: Any, plan: list[OutTensor]):
-        self.model, self.cal, self.config = model, cal, config
+    def __init__(self, model: SourceModel, cal: Calibration | None, plan: list[OutTensor], chol: CholCache):
+        self.model, self.cal, self.chol = model, cal, chol
         self.types = {t.name: t.qtype for t in plan}
         self.group_of = {n: g for g in _groups(model, cal) for n in g}
         self.ready: dict[str, np.ndarray] = {}
         self.measured: dict[str, tuple[float, float]] = {}  # name -> (predicted KL on all rows, rel. error)
-        self.chol = config.extra.get("chol") or _CholCache(config.damp)
 
     def produce(self, t: OutTensor) -> np.ndarray:
         if t.name not in self.group_of:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,27 @@ def _open_temp(out: Path) -> Path:
     raise OutputError(f"cannot find a free temporary name beside {out}")
 
 
+@contextlib.contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """Yield a fresh temporary file beside ``out``; on success move it over ``out``, else delete it.
+
+    Whatever escapes the block (an error found late, a full disk, Ctrl-C), nothing half-written is
+    left at ``out``; an OSError becomes one ``OutputError``.
+    """
+    tmp = _open_temp(out)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def write_gguf(
     out: Path,
     arch: str,
@@ -80,9 +101,8 @@ def write_gguf(
     import gguf
 
     out = prepare_output(out)
-    tmp = _open_temp(out)
     total = len(tensors)
-    try:
+    with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         try:
             add_metadata(writer)
@@ -107,13 +127,4 @@ def write_gguf(
             writer.flush()
         finally:
             writer.close()
-        os.replace(tmp, out)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
     return out

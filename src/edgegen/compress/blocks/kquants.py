@@ -29,6 +29,9 @@ from edgegen.compress.blocks._base import Grid, QuantType, bits_to_bytes, bytes_
 from edgegen.compress.blocks._search import recip, search_affine, search_symmetric, signed_absmax
 
 SHRINK = np.array([0.0, 0.04, 0.1], np.float32)
+# Super-scales tried as fractions of the one that fits the largest sub-scale exactly: a smaller one
+# clips an outlier sub-block but resolves all the others' sub-scales more finely.
+SUPER_SHRINK = (1.0, 0.8, 0.62, 0.45)
 
 
 def _halves(a: np.ndarray) -> np.ndarray:
@@ -90,15 +93,26 @@ class _KQuant(QuantType):
     def fit_search(self, x: np.ndarray, w: np.ndarray) -> Grid:
         return self._refine(x, w, self._search(x, w))
 
+    def _best_of(self, x: np.ndarray, w: np.ndarray, grids: list[Grid]) -> Grid:
+        best, best_err = grids[0], self.weighted_error(x, w, grids[0])
+        for g in grids[1:]:
+            err = self.weighted_error(x, w, g)
+            better = err < best_err
+            if better.any():
+                best.put(better, g.take(better))
+                best_err = np.where(better, err, best_err)
+        return best
+
 
 class _AffineK(_KQuant):
     """value = d*sc * q - dmin*mn with unsigned sub-scale/min codes of ``sbits`` bits."""
 
     sbits: int
 
-    def _super(self, s: np.ndarray, mu: np.ndarray) -> Grid:
+    def _super(self, s: np.ndarray, mu: np.ndarray, shrink: float = 1.0) -> Grid:
         top = np.float32((1 << self.sbits) - 1)
-        d, dmin = f16(s.max(axis=1) / top), f16(mu.max(axis=1) / top)
+        d = f16(s.max(axis=1) * np.float32(shrink) / top)
+        dmin = f16(mu.max(axis=1) * np.float32(shrink) / top)
         sc = np.clip(np.rint(s * recip(d)[:, None]), 0, top).astype(np.uint8)
         mn = np.clip(np.rint(mu * recip(dmin)[:, None]), 0, top).astype(np.uint8)
         return self._grid(d, dmin, sc, mn)
@@ -118,7 +132,8 @@ class _AffineK(_KQuant):
 
     def _search(self, x: np.ndarray, w: np.ndarray) -> Grid:
         s, o = search_affine(self._subs(x), self._subs(w), len(self.levels), SHRINK, max_offset=0.0)
-        return self._super(s.reshape(len(x), -1), -o.reshape(len(x), -1))
+        s, mu = s.reshape(len(x), -1), -o.reshape(len(x), -1)
+        return self._best_of(x, w, [self._super(s, mu, f) for f in SUPER_SHRINK])
 
     def _refit(self, x: np.ndarray, w: np.ndarray, grid: Grid) -> Grid:
         q = self.levels[self.block_codes(x, grid)].astype(np.float64)
@@ -142,8 +157,8 @@ class _SymmetricK(_KQuant):
     smin: int
     smax: int
 
-    def _super(self, s: np.ndarray) -> Grid:
-        d = f16(signed_absmax(s) / np.float32(self.smin))
+    def _super(self, s: np.ndarray, shrink: float = 1.0) -> Grid:
+        d = f16(signed_absmax(s) * np.float32(shrink) / np.float32(self.smin))
         sc = np.clip(np.rint(s * recip(d)[:, None]), self.smin, self.smax).astype(np.int8)
         return self._grid(d, sc)
 
@@ -159,8 +174,8 @@ class _SymmetricK(_KQuant):
         return self._super(signed_absmax(xs) / np.float32(self.levels[0]))
 
     def _search(self, x: np.ndarray, w: np.ndarray) -> Grid:
-        s = search_symmetric(self._subs(x), self._subs(w), self.levels, True, self.sub_targets)
-        return self._super(s.reshape(len(x), -1))
+        s = search_symmetric(self._subs(x), self._subs(w), self.levels, True, self.sub_targets).reshape(len(x), -1)
+        return self._best_of(x, w, [self._super(s, f) for f in SUPER_SHRINK])
 
     def _refit(self, x: np.ndarray, w: np.ndarray, grid: Grid) -> Grid:
         q = self.levels[self.block_codes(x, grid)].astype(np.float64)

@@ -1,0 +1,19 @@
+"""The decode cost model: which tensors count, and the formats' order."""
+
+from __future__ import annotations
+
+from edgegen.compress.speed import DECODE_NS_PER_WEIGHT, decode_cost
+
+
+def test_untied_embedding_is_only_looked_up():
+    tied = [("token_embd.weight", (100, 64), "Q8_0"), ("blk.0.attn_q.weight", (64, 64), "Q4_0")]
+    untied = tied + [("output.weight", (100, 64), "Q4_0")]
+    assert decode_cost(tied) > decode_cost(tied[1:])
+    assert decode_cost(untied) == decode_cost(tied[1:] + [("output.weight", (100, 64), "Q4_0")])
+
+
+def test_norms_cost_nothing_and_fast_formats_are_cheaper():
+    assert decode_cost([("blk.0.attn_norm.weight", (64,), "F32")]) == 0
+    order = sorted(DECODE_NS_PER_WEIGHT, key=DECODE_NS_PER_WEIGHT.get)
+    assert order.index("Q4_0") < order.index("Q4_1") < order.index("Q8_0") < order.index("F16")
+    assert order.index("IQ4_NL") < order.index("Q5_0")
