@@ -57,7 +57,7 @@ class CompressReport:
         from edgegen.compress.speed import decode_cost
 
         return cls(
-            predicted_decode_ms=round(decode_cost((t.name, tuple(t.shape), t.type) for t in tensors), 4),
+            predicted_decode_ms=decode_cost((t.name, tuple(t.shape), t.type) for t in tensors),
             tensors=tensors, n_params=n_params,
             bits_per_weight=round(8 * tensor_bytes / max(1, n_params), 4),
             predicted_kl=sum(t.predicted_kl for t in tensors),

@@ -3,11 +3,13 @@
 At batch size 1 every weight matrix (and the output matrix, which is the token embedding when the
 two are tied) is read once per token, and the time a matrix costs is close to its parameter count
 times a per-format constant of the CPU kernels. Formats differ a lot: on x86-64 with AVX2, Q4_0 and
-IQ4_NL are repacked into interleaved layouts and run fastest, Q4_1 and the 5-bit formats have no
-such path. ``DECODE_NS_PER_WEIGHT`` holds those constants, measured with llama-cpp-python 0.3.36
-on the 2-core AMD EPYC (AVX2, FMA, F16C) the benchmarks run on: one thread, best-of-6 CPU time per
-generated token of SmolLM2-135M written entirely in one format (k-quants: only the 1536-wide FFN
-down projections swapped in, the rest Q4_0), minus 1.2 ms of per-token work outside the matrices.
+IQ4_NL are repacked into interleaved layouts and run fastest; Q4_1, Q5_0, Q5_1 and Q8_0 cost about
+1.6x as much per weight. ``DECODE_NS_PER_WEIGHT`` holds those constants as ``bench/format_speed.py``
+measured them with llama-cpp-python 0.3.36 on the 2-core AMD EPYC (AVX2, FMA, F16C) the benchmarks
+run on, with the machine otherwise idle (mean of two runs; one thread, best-of-6 CPU time per
+generated token of SmolLM2-135M written entirely in one format, k-quants: only the 1536-wide FFN
+down projections in the k-quant, the rest Q4_0). The per-token work outside the matrices is spread
+evenly over the weights, which leaves comparisons between complete plans of one model unchanged.
 Other CPUs order the formats similarly but not identically; the model only steers choices, the
 benchmark measures real speed.
 
@@ -24,19 +26,19 @@ from pathlib import Path
 import numpy as np
 
 DECODE_NS_PER_WEIGHT: dict[str, float] = {
-    "Q2_K": 0.024,
-    "Q4_K": 0.039,
-    "Q3_K": 0.045,
-    "IQ4_NL": 0.055,
-    "Q4_0": 0.0555,
-    "Q5_K": 0.061,
-    "Q6_K": 0.062,
-    "Q4_1": 0.073,
-    "Q5_0": 0.088,
-    "Q5_1": 0.090,
-    "Q8_0": 0.093,
-    "F16": 0.132,
-    "F32": 0.26,
+    "Q2_K": 0.027,
+    "Q4_K": 0.0312,
+    "Q4_0": 0.0329,
+    "IQ4_NL": 0.0335,
+    "Q6_K": 0.0373,
+    "Q5_K": 0.0409,
+    "Q3_K": 0.0433,
+    "Q8_0": 0.0510,
+    "Q4_1": 0.0516,
+    "Q5_0": 0.0527,
+    "Q5_1": 0.0570,
+    "F16": 0.0712,
+    "F32": 0.111,
 }
 UNKNOWN_NS = 0.1
 
