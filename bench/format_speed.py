@@ -13,7 +13,8 @@ and the embedding once as the tied output); a k-quant file gives ``k_Q4_0 + (T -
 The per-token work outside the matrices (attention over the context, norms, sampling) is spread
 evenly over all weights: every complete plan of one model reads the same N weights, so that share
 is the same for any two plans and comparisons between them are exact under the additive model.
-Prints JSON: per format, ms/token at one and two threads and the fitted ns per weight.
+Prints JSON: per format, ms/token at one and two threads and the fitted ns per weight. Run on a target
+device, that JSON is its speed profile: ``edgegen compress ... --speed-of FILE --speed-profile JSON``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgegen.compress.speed import DECODE_NS_PER_WEIGHT, decode_cost
 
 
@@ -18,3 +20,36 @@ def test_norms_cost_nothing_and_fast_formats_are_cheaper():
     for fast in ("Q4_0", "IQ4_NL"):  # the repacked formats beat every other 32-wide one
         assert all(order.index(fast) < order.index(t) for t in ("Q4_1", "Q5_0", "Q5_1", "Q8_0"))
     assert max(order.index(t) for t in ("Q4_1", "Q5_0", "Q5_1", "Q8_0")) < order.index("F16") < order.index("F32")
+
+
+def test_profile_from_the_bench_json_replaces_and_scales(tmp_path):
+    import json
+
+    from edgegen.compress.speed import load_profile
+
+    bench = {"formats": {"Q4_0": {"ns_per_weight_1thread": 0.2, "ns_per_weight_2threads": 0.1},
+                         "Q8_0": {"ns_per_weight_1thread": 0.1}}}
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(bench))
+    costs = load_profile(path)
+    assert costs["Q4_0"] == 0.2 and costs["Q8_0"] == 0.1  # this CPU: Q8_0 is the fast one
+    # formats it does not name keep their place relative to ours, scaled by the median ratio
+    ratios = sorted([0.2 / DECODE_NS_PER_WEIGHT["Q4_0"], 0.1 / DECODE_NS_PER_WEIGHT["Q8_0"]])
+    assert costs["F16"] == pytest.approx(DECODE_NS_PER_WEIGHT["F16"] * sum(ratios) / 2)
+    assert load_profile(path, key="ns_per_weight_2threads")["Q4_0"] == 0.1
+
+    plan = [("blk.0.ffn_up.weight", (64, 64), "Q8_0")]
+    other = [("blk.0.ffn_up.weight", (64, 64), "Q4_0")]
+    assert decode_cost(plan) > decode_cost(other)  # our CPU
+    assert decode_cost(plan, costs) < decode_cost(other, costs)  # the profiled one
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"formats": {"Q9_9": 1}}', '{"Q4_0": -1}'])
+def test_bad_profile_is_one_clear_error(tmp_path, text):
+    from edgegen.compress.speed import load_profile
+    from edgegen.errors import UserInputError
+
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(UserInputError, match="speed profile"):
+        load_profile(path)

@@ -62,6 +62,8 @@ def compress_cmd(
     no_calib: Annotated[bool, typer.Option("--no-calib", help="skip calibration (plain rounding)")] = False,
     speed_of: Annotated[Path | None, typer.Option(
         "--speed-of", help="a GGUF the result must decode at least as fast as (by the kernel cost model)")] = None,
+    speed_profile: Annotated[Path | None, typer.Option(
+        "--speed-profile", help="per-format decode costs of the target CPU (JSON from bench/format_speed.py)")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write the JSON report here")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default 1)")] = None,
 ) -> None:
@@ -70,7 +72,8 @@ def compress_cmd(
     from edgegen.compress.texts import default_calibration_text
 
     # bad flags fail before any work
-    budget = Budget.of(max_size_mib=max_size_mib, bpw=bpw, preset=preset, speed_of=speed_of)
+    budget = Budget.of(max_size_mib=max_size_mib, bpw=bpw, preset=preset, speed_of=speed_of,
+                       speed_profile=speed_profile)
     check_output_path(out)
     if report is not None:
         check_output_path(report)

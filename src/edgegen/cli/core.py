@@ -161,7 +161,9 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="report folder")] = Path("out"),
     model: Annotated[str | None, typer.Option("--model")] = None,
     text: Annotated[Path | None, typer.Option("--text", help="evaluation text (default: Shakespeare)")] = None,
-    with_edgegen: Annotated[bool, typer.Option("--with-edgegen", help="also run edgegen's quantizer")] = False,
+    with_edgegen: Annotated[bool, typer.Option(
+        "--edgegen/--llamacpp-only", help="compress with edgegen's quantizer too, at no more than llama.cpp's "
+        "Q4_K_M size and decode cost (the default), or compare llama.cpp's alone")] = True,
 ) -> None:
     """The main job: pull, make the F16 reference, compress, eval and bench both, report, chat."""
     from edgegen.report.demo import run_demo

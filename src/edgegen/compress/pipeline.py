@@ -24,7 +24,7 @@ import logging
 import resource
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,34 +51,39 @@ class Budget:
     bpw: float | None = None
     smallest: bool = False
     max_decode_ms: float | None = None  # optional speed limit, in ``speed.decode_cost`` units
+    speed_costs: Mapping[str, float] | None = None  # the CPU's per-format costs (None: ``speed``'s own)
 
     @classmethod
     def of(cls, *, max_size_mib: float | None = None, bpw: float | None = None,
-           preset: str | None = None, speed_of: Path | None = None) -> Budget:
-        """From CLI-style options; ``speed_of``: an existing GGUF the result must decode as fast as."""
+           preset: str | None = None, speed_of: Path | None = None, speed_profile: Path | None = None) -> Budget:
+        """From CLI-style options; ``speed_of``: an existing GGUF the result must decode as fast as,
+        on the CPU that ``speed_profile`` (``speed.load_profile``) describes, by default this one."""
         given = [x is not None for x in (max_size_mib, bpw, preset)]
         if sum(given) > 1:
             raise UserInputError("give only one of --max-size-mib, --bpw and --preset")
+        from edgegen.compress.speed import file_decode_cost, load_profile
+
+        costs = load_profile(Path(speed_profile)) if speed_profile is not None else None
         ms = None
         if speed_of is not None:
-            from edgegen.compress.speed import file_decode_cost
             from edgegen.formats.gguf_file import validate_gguf
 
             validate_gguf(Path(speed_of))
-            ms = file_decode_cost(Path(speed_of))
+            ms = file_decode_cost(Path(speed_of), costs)
+        speed = {"max_decode_ms": ms, "speed_costs": costs}
         if max_size_mib is not None:
             if not max_size_mib > 0:
                 raise BudgetError(f"the size budget must be positive, not {max_size_mib} MiB")
-            return cls(max_bytes=int(max_size_mib * 2**20), max_decode_ms=ms)
+            return cls(max_bytes=int(max_size_mib * 2**20), **speed)
         if bpw is not None:
             if not bpw > 0:
                 raise BudgetError(f"bits per weight must be positive, not {bpw}")
-            return cls(bpw=float(bpw), max_decode_ms=ms)
+            return cls(bpw=float(bpw), **speed)
         name = (preset or "q4").lower()
         if name not in PRESETS:
             raise UserInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         target = PRESETS[name]
-        return cls(smallest=True, max_decode_ms=ms) if target is None else cls(bpw=target, max_decode_ms=ms)
+        return cls(smallest=True, **speed) if target is None else cls(bpw=target, **speed)
 
     def describe(self) -> str:
         size = (f"{self.max_bytes / 2**20:.2f} MiB" if self.max_bytes is not None
@@ -170,7 +175,8 @@ def _compress(
             cal = planning.run_calibration(gguf_path, reader, text, config, _stage(progress, "calibrate"))
             timer.lap("calibrate")
         chol = planning.CholCache(config.damp)
-        choices = planning.measure_all(model, cal, config, chol, _stage(progress, "measure"))
+        choices = planning.measure_all(model, cal, config, chol, _stage(progress, "measure"),
+                                       budget.speed_costs)
         timer.lap("measure")
         picks = planning.allocate_types(choices, tensor_budget, budget.max_decode_ms)
         out_plan = model.out_plan({name: c.qtype for name, c in picks.items()})
@@ -197,7 +203,7 @@ def _compress(
         budget_bytes=budget.max_bytes, n_params=model.n_params, calibrated=cal is not None,
         calib_tokens=cal.n_tokens if cal else 0, fisher_tokens=cal.n_fisher_tokens if cal else 0,
         seconds=timer.laps, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        tensors=tensors,
+        tensors=tensors, speed_costs=budget.speed_costs,
     )
 
 

@@ -10,7 +10,7 @@ which are kept (norms, stored F32), their candidate types, sizes and float32 val
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,7 @@ def _hessian(cal: Calibration | None, name: str, cols: int) -> np.ndarray | None
 
 def measure_all(
     model: SourceModel, cal: Calibration | None, config: Any, chol: CholCache,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int], None] | None, speed_costs: Mapping[str, float] | None = None,
 ) -> list[TensorChoice]:
     out: list[TensorChoice] = []
     names = set(model.shapes)
@@ -189,7 +189,7 @@ def measure_all(
                                     seed=seed):
             if read_per_token(choice.name, names):
                 n = choice.shape[0] * choice.shape[1]
-                choice.candidates = [replace(c, ms=tensor_ms(c.qtype, n)) for c in choice.candidates]
+                choice.candidates = [replace(c, ms=tensor_ms(c.qtype, n, speed_costs)) for c in choice.candidates]
             out.append(choice)
         done += len(group)
         if progress:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ class CompressReport:
     tensors: list[TensorReport]
 
     @classmethod
-    def build(cls, *, tensors: list[TensorReport], n_params: int, **kw: Any) -> CompressReport:
+    def build(cls, *, tensors: list[TensorReport], n_params: int, speed_costs: Mapping[str, float] | None = None,
+              **kw: Any) -> CompressReport:
         types: Counter[str] = Counter()
         for t in tensors:
             types[t.type] += math.prod(t.shape)
@@ -57,7 +59,7 @@ class CompressReport:
         from edgegen.compress.speed import decode_cost
 
         return cls(
-            predicted_decode_ms=decode_cost((t.name, tuple(t.shape), t.type) for t in tensors),
+            predicted_decode_ms=decode_cost(((t.name, tuple(t.shape), t.type) for t in tensors), speed_costs),
             tensors=tensors, n_params=n_params,
             bits_per_weight=round(8 * tensor_bytes / max(1, n_params), 4),
             predicted_kl=sum(t.predicted_kl for t in tensors),

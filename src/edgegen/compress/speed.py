@@ -13,6 +13,9 @@ evenly over the weights, which leaves comparisons between complete plans of one 
 Other CPUs order the formats similarly but not identically; the model only steers choices, the
 benchmark measures real speed.
 
+Another CPU is described by a profile: ``bench/format_speed.py`` run on it prints one, and
+``load_profile(path)`` reads it (or a plain ``{"Q4_0": ns, ...}`` mapping) for ``compress``.
+
 ``decode_cost(...)`` of a plan or of an existing GGUF is the predicted milliseconds of matrix work
 per token at one thread; comparing two files of the same model by it is meaningful (the per-token
 overheads outside the matrices are the same), its absolute value is approximate.
@@ -20,7 +23,8 @@ overheads outside the matrices are the same), its absolute value is approximate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -50,24 +54,53 @@ def read_per_token(name: str, names: set[str]) -> bool:
     return True
 
 
-def tensor_ms(qtype: str, n_params: int) -> float:
-    return DECODE_NS_PER_WEIGHT.get(qtype, UNKNOWN_NS) * n_params * 1e-6
+def tensor_ms(qtype: str, n_params: int, costs: Mapping[str, float] | None = None) -> float:
+    return (costs or DECODE_NS_PER_WEIGHT).get(qtype, UNKNOWN_NS) * n_params * 1e-6
 
 
-def decode_cost(tensors: Iterable[tuple[str, tuple[int, ...], str]]) -> float:
+def decode_cost(
+    tensors: Iterable[tuple[str, tuple[int, ...], str]], costs: Mapping[str, float] | None = None
+) -> float:
     """Predicted ms of matrix work per token, from (name, shape, ggml type name) of every tensor."""
     items = list(tensors)
     names = {n for n, _, _ in items}
     return sum(
-        tensor_ms(t, int(np.prod(s))) for n, s, t in items if len(s) >= 2 and read_per_token(n, names)
+        tensor_ms(t, int(np.prod(s)), costs) for n, s, t in items if len(s) >= 2 and read_per_token(n, names)
     )
 
 
-def file_decode_cost(path: Path) -> float:
+def file_decode_cost(path: Path, costs: Mapping[str, float] | None = None) -> float:
     """``decode_cost`` of an existing GGUF file."""
     from edgegen.formats.gguf_file import open_reader
 
     reader = open_reader(Path(path))
     return decode_cost(
-        (t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors
+        ((t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors),
+        costs,
     )
+
+
+def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, float]:
+    """A CPU's per-format costs (ns per weight): ``bench/format_speed.py``'s JSON or a plain mapping.
+
+    Formats the profile does not name keep this module's constants, scaled by the median ratio of
+    the formats it does name, so a partial profile still ranks every format.
+    """
+    from edgegen.errors import UserInputError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot read the speed profile {path}: {exc}") from exc
+    table = data.get("formats", data) if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise UserInputError(f"the speed profile {path} is not a mapping of format to cost")
+    costs: dict[str, float] = {}
+    for name, v in table.items():
+        value = v.get(key) if isinstance(v, dict) else v
+        if name.upper() in DECODE_NS_PER_WEIGHT and isinstance(value, (int, float)) and value > 0:
+            costs[name.upper()] = float(value)
+    if not costs:
+        raise UserInputError(f"the speed profile {path} names no known format with a positive cost")
+    scale = float(np.median([costs[k] / DECODE_NS_PER_WEIGHT[k] for k in costs]))
+    return {k: costs.get(k, v * scale) for k, v in DECODE_NS_PER_WEIGHT.items()}
