@@ -14,6 +14,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgegen.config import get_settings
 from edgegen.errors import OutputError
@@ -93,11 +94,12 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
                [("reference F16", ref), *variants.items()]}
 
     log("[6/6] chatting with every variant (greedy)")
-    answers = {}
+    answers, first = {}, {}
+    msg = [{"role": "user", "content": CHAT_PROMPT}]
     for label, path in [("reference F16", ref), *variants.items()]:
-        with Engine(path, n_ctx=1024) as engine:
-            msg = [{"role": "user", "content": CHAT_PROMPT}]
+        with Engine(path, n_ctx=512, logits_all=True) as engine:
             answers[label] = engine.chat(msg, SamplingParams.greedy(48)).text.strip()
+            first[label] = _first_token_odds(engine, msg)
 
     rows = []
     for (label, path), q in zip(variants.items(), quality):
@@ -118,12 +120,23 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
     data = {"source": str(source), "reference": str(ref), "eval_text": str(text),
             "eval_chunks": quality[0].n_chunks, "tokens_scored": quality[0].n_tokens_scored,
             "mem_bandwidth_bytes_per_s": round(bw), "threads": threads, "machine": platform.machine(),
-            "chat": {"prompt": CHAT_PROMPT, "answers": answers},
+            "chat": {"prompt": CHAT_PROMPT, "answers": answers, "first_token_top3": first},
             "variants": rows, "elapsed_s": round(time.perf_counter() - t_start, 1)}
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     report = out / "report.md"
     report.write_text(_markdown(data, plot.name))
     return report
+
+
+def _first_token_odds(engine: Any, messages: list[dict[str, str]], k: int = 3) -> list[tuple[str, float]]:
+    """The k likeliest first tokens of the assistant's answer, with their probabilities."""
+    import numpy as np
+
+    tokens, _ = engine.chat_tokens(messages)
+    logits = engine.logits(tokens)[-1].astype(np.float64)
+    p = np.exp(logits - np.logaddexp.reduce(logits))
+    top = np.argsort(-p)[:k]
+    return [(engine.detokenize([int(t)]), round(float(p[t]), 4)) for t in top]
 
 
 def _markdown(d: dict, plot_name: str) -> str:
@@ -151,5 +164,9 @@ def _markdown(d: dict, plot_name: str) -> str:
               f"**user:** {c['prompt']}", "", "| variant | assistant (greedy, 48 tokens at most) |", "|---|---|"]
     for label, answer in c["answers"].items():
         lines.append(f"| {label} | {answer.replace(chr(10), ' ').replace('|', '/')} |")
+    lines += ["", "Greedy answers part ways wherever the first choices are nearly tied; each variant's three "
+              "likeliest first tokens:", "", "| variant | first token: probability |", "|---|---|"]
+    for label, odds in c["first_token_top3"].items():
+        lines.append(f"| {label} | " + ", ".join(f"`{t!r}` {p:.3f}" for t, p in odds).replace("|", "/") + " |")
     lines += ["", f"Total time: {d['elapsed_s']} s.", ""]
     return "\n".join(lines)

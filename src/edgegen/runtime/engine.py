@@ -282,19 +282,21 @@ class Engine:
             token_logprobs=stats.token_logprobs,
         )
 
-    def chat(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams()) -> Completion:
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
+        """The rendered chat prompt as tokens (BOS added unless the template wrote it) and its stops."""
         prompt, stops = self.chat_prompt(messages)
-        params = _with_stops(params, stops)
-        return self.complete(self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self)), params)
+        return self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self)), stops
+
+    def chat(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams()) -> Completion:
+        tokens, stops = self.chat_tokens(messages)
+        return self.complete(tokens, _with_stops(params, stops))
 
     def chat_stream(
         self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams(),
         stats: StreamStats | None = None,
     ) -> Iterator[Token]:
-        prompt, stops = self.chat_prompt(messages)
-        params = _with_stops(params, stops)
-        tokens = self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self))
-        return self.stream(tokens, params, stats)
+        tokens, stops = self.chat_tokens(messages)
+        return self.stream(tokens, _with_stops(params, stops), stats)
 
     def _last_logprob(self, tok: int) -> float:
         # The logits ``tok`` was sampled from are still the context's last row: llama-cpp-python
