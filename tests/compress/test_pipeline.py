@@ -173,3 +173,24 @@ def test_speed_limit_from_a_reference_file_is_met(tmp_path, compressed, stories_
     assert limited.predicted_decode_ms <= limit * (1 + 1e-6)
     assert file_decode_cost(tmp_path / "lim.gguf") == pytest.approx(limited.predicted_decode_ms, rel=1e-3)
     assert limited.predicted_kl >= free.predicted_kl
+
+
+def test_speed_profile_sets_the_limit_in_its_own_units(tmp_path, compressed, stories_gguf, capsys):
+    from edgegen.cli import main
+    from edgegen.compress.speed import file_decode_cost, load_profile
+
+    ref, _ = compressed
+    profile = tmp_path / "cpu.json"
+    profile.write_text(json.dumps({"Q4_0": 0.5, "Q8_0": 0.05}))  # a CPU where Q8_0 is ten times faster
+    budget = Budget.of(max_size_mib=0.6, speed_of=ref, speed_profile=profile)
+    assert budget.max_decode_ms == pytest.approx(file_decode_cost(ref, load_profile(profile)))
+    report = compress(stories_gguf, tmp_path / "p.gguf", budget=budget, calib_text=CALIB, config=FAST)
+    assert report.predicted_decode_ms <= budget.max_decode_ms * (1 + 1e-6)
+    assert report.predicted_decode_ms == pytest.approx(file_decode_cost(tmp_path / "p.gguf", budget.speed_costs))
+
+    profile.write_text("{}")
+    out = tmp_path / "bad.gguf"
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", str(stories_gguf), "-o", str(out), "--speed-of", str(ref), "--speed-profile", str(profile)])
+    assert exc.value.code == 2 and "speed profile" in capsys.readouterr().err
+    assert not out.exists()
