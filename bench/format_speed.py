@@ -5,8 +5,9 @@
 Writes SmolLM2-135M (the Foundation's F16 reference) once per format with every weight matrix in that
 format (plain round-to-nearest; the values do not change the kernels' speed). The 256-wide k-quants
 fit only the FFN down projections (1536 columns), so their files hold those in the k-quant and the
-rest in Q4_0. The files are then decoded in turn for several rounds (greedy, 64 tokens, one thread,
-CPU time per token, each file's best), and also with two threads (wall clock).
+rest in Q4_0. The files are then decoded in turn for several rounds (``evaluate.bench.compare_decode``:
+greedy, 64 tokens, each file's best; one thread, CPU time per token, and two threads, wall-clock
+decode rate).
 
 Per-weight cost, ns: an all-X file gives ``T_X / N`` (N the weights read per token: every matrix,
 and the embedding once as the tied output); a k-quant file gives ``k_Q4_0 + (T - T_Q4_0) / N_down``.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,25 +62,12 @@ def write_in_format(ref: Path, out: Path, qtype: str, base: str = "Q4_0") -> Pat
 
 
 def time_decode(files: dict[str, Path], rounds: int, tokens: int) -> dict[str, dict[str, float]]:
-    from edgegen.runtime.engine import Engine, SamplingParams
+    from edgegen.evaluate.bench import compare_decode
 
-    params = SamplingParams.greedy(tokens, ignore_eos=True)
-    res = {k: {"ms_per_token_1thread_cpu": float("inf"), "ms_per_token_2threads_wall": float("inf")} for k in files}
-    for threads, key in ((1, "ms_per_token_1thread_cpu"), (2, "ms_per_token_2threads_wall")):
-        engines = {k: Engine(p, n_ctx=tokens + 32, n_threads=threads) for k, p in files.items()}
-        try:
-            for _ in range(rounds):
-                for k, e in engines.items():
-                    ids = e.tokenize("The quick brown fox jumps over")
-                    e.complete(ids, SamplingParams.greedy(1))
-                    c0, w0 = time.process_time(), time.perf_counter()
-                    c = e.complete(ids, params)
-                    spent = (time.process_time() - c0) if threads == 1 else (time.perf_counter() - w0)
-                    res[k][key] = min(res[k][key], 1e3 * spent / max(1, c.completion_tokens))
-        finally:
-            for e in engines.values():
-                e.close()
-    return res
+    timings = compare_decode(list(files.values()), rounds=rounds, tokens=tokens, threads=(1, 2))
+    return {k: {"ms_per_token_1thread_cpu": timings[str(p)][1]["cpu_ms_per_token"],
+                "ms_per_token_2threads_wall": 1e3 / timings[str(p)][2]["decode_tokens_per_s"]}
+            for k, p in files.items()}
 
 
 def main() -> None:
@@ -92,9 +79,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgegen.compress.plan import SourceModel
-    from edgegen.compress.speed import read_per_token
     from edgegen.formats.convert import cached_reference
-    from edgegen.formats.gguf_file import open_reader
+    from edgegen.formats.gguf_file import open_reader, read_per_token
     from edgegen.hub.sources import pull
 
     ref = cached_reference(pull("smollm2-135m-instruct", args.home), args.home)

@@ -6,7 +6,7 @@ Reference: SmolLM2-135M-Instruct dequantized to F16 by ``formats.convert`` (the 
 reference). Anchor: ``llama_cpp.llama_model_quantize`` of that reference for each ftype. Ours:
 ``edgegen compress REF -o OUT --max-size-mib <llama file's size> --speed-of <llama file>`` run as a
 subprocess (its wall time and peak RSS are the compression cost), calibrated on the plays in
-``compress.texts.CALIBRATION_PLAYS``. Both are evaluated by ``evaluate.quality.evaluate`` on the
+``hub.texts.CALIBRATION_PLAYS``. Both are evaluated by ``evaluate.quality.evaluate`` on the
 *other* plays in ``EVALUATION_PLAYS`` (16 chunks of 512 tokens): mean KL divergence from the
 reference and top-1 agreement, llama-perplexity's definitions.
 
@@ -75,29 +75,11 @@ def quality(model: Path, ref: Path, text: Path, chunks: int, threads: int) -> di
 
 def decode_speed(models: list[Path], rounds: int, tokens: int) -> dict[str, dict]:
     """Best-of-rounds decode speed, the files alternating: 2-thread wall tok/s and 1-thread CPU ms/token."""
-    from edgegen.runtime.engine import Engine, SamplingParams
+    from edgegen.evaluate.bench import compare_decode
 
-    params = SamplingParams.greedy(tokens, ignore_eos=True)
-    out = {str(m): {"tok_s_2threads_wall": 0.0, "ms_per_token_1thread_cpu": float("inf")} for m in models}
-    for threads in (2, 1):
-        engines = [Engine(m, n_ctx=tokens + 32, n_threads=threads) for m in models]
-        try:
-            for _ in range(rounds):
-                for m, e in zip(models, engines, strict=True):
-                    ids = e.tokenize("The quick brown fox jumps over")
-                    e.complete(ids, SamplingParams.greedy(1))  # warm
-                    c0 = time.process_time()
-                    c = e.complete(ids, params)
-                    cpu = (time.process_time() - c0) / max(1, c.completion_tokens)
-                    rec = out[str(m)]
-                    if threads == 2:
-                        rec["tok_s_2threads_wall"] = round(max(rec["tok_s_2threads_wall"], c.decode_tokens_per_s), 1)
-                    else:
-                        rec["ms_per_token_1thread_cpu"] = round(min(rec["ms_per_token_1thread_cpu"], cpu * 1e3), 3)
-        finally:
-            for e in engines:
-                e.close()
-    return out
+    timings = compare_decode(models, rounds=rounds, tokens=tokens, threads=(2, 1))
+    return {m: {"tok_s_2threads_wall": round(t[2]["decode_tokens_per_s"], 1),
+                "ms_per_token_1thread_cpu": round(t[1]["cpu_ms_per_token"], 3)} for m, t in timings.items()}
 
 
 def main() -> None:
@@ -111,18 +93,16 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgegen.compress.speed import file_decode_cost
-    from edgegen.compress.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, play_files
     from edgegen.formats.convert import cached_reference
     from edgegen.hub.sources import pull
-    from edgegen.hub.texts import read_texts, shakespeare_texts
+    from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, plays_text
 
     assert not set(CALIBRATION_PLAYS) & set(EVALUATION_PLAYS)
     args.out.mkdir(parents=True, exist_ok=True)
     ref = cached_reference(pull("smollm2-135m-instruct", args.home), args.home)
-    plays = shakespeare_texts(args.home)
     calib, evalt = args.out / "calibration.txt", args.out / "evaluation.txt"
-    calib.write_text(read_texts(play_files(plays, CALIBRATION_PLAYS)))
-    evalt.write_text(read_texts(play_files(plays, EVALUATION_PLAYS)))
+    calib.write_text(plays_text(args.home, CALIBRATION_PLAYS))
+    evalt.write_text(plays_text(args.home, EVALUATION_PLAYS))
 
     rows = []
     for ftype in args.sizes.split(","):

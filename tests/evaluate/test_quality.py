@@ -11,7 +11,7 @@ import pytest
 
 from edgegen.errors import InvalidTextError
 from edgegen.evaluate.quality import evaluate, evaluate_many
-from edgegen.hub.texts import EVALUATION_PLAYS
+from edgegen.hub.texts import EVALUATION_PLAYS, play_files
 from edgegen.runtime.llamacpp_quant import llamacpp_quantize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def eval_text(shakespeare: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("text") / "eval.txt"
-    out.write_text((shakespeare / EVALUATION_PLAYS[0]).read_text(errors="replace"))
+    out.write_text(play_files(shakespeare, EVALUATION_PLAYS[:1])[0].read_text(errors="replace"))
     return out
 
 

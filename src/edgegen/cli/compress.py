@@ -69,7 +69,7 @@ def compress_cmd(
 ) -> None:
     """Quantize a model to GGUF with calibrated rounding and a per-tensor type mix that fits the budget."""
     from edgegen.compress.pipeline import Budget, CompressConfig, compress
-    from edgegen.compress.texts import default_calibration_text
+    from edgegen.hub.texts import CALIBRATION_PLAYS, plays_text
 
     # bad flags fail before any work
     budget = Budget.of(max_size_mib=max_size_mib, bpw=bpw, preset=preset, speed_of=speed_of,
@@ -80,7 +80,7 @@ def compress_cmd(
     path = _resolve(src)
     calib_text = None
     if calib is None and not no_calib:
-        calib_text = default_calibration_text(get_settings().home)
+        calib_text = plays_text(get_settings().home, CALIBRATION_PLAYS)
     bars = _StageBars()
     try:
         result = compress(path, out, budget=budget, calib=None if no_calib else calib, calib_text=calib_text,

@@ -10,7 +10,6 @@
     gguf_out     the atomic quantized-GGUF writer
     pipeline     ``compress(src, out, budget=..., calib=... | calib_text=..., progress=...)``
     report       ``CompressReport`` (per-tensor types, sizes, predicted/measured error)
-    texts        default calibration plays and the plays held out for evaluation
 
 The public entry point is ``compress``; nothing here prints or exits. Names are imported lazily
 so that ``edgegen.compress.blocks`` works without torch (only calibration and GPTQ need it).

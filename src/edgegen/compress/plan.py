@@ -22,8 +22,9 @@ from edgegen.compress.calibrate import Calibration, TensorStats, calibrate, toke
 from edgegen.compress.gguf_out import OutTensor, padded
 from edgegen.compress.mixed import Candidate, TensorChoice, allocate, measure_group, plain_weights, row_loss
 from edgegen.compress.rounding import hessian_error, inverse_cholesky, round_parts
-from edgegen.compress.speed import read_per_token, tensor_ms
+from edgegen.compress.speed import tensor_ms
 from edgegen.errors import InvalidTextError, UserInputError
+from edgegen.formats.gguf_file import read_per_token
 
 MIN_CALIB_TOKENS = 64
 
@@ -97,16 +98,9 @@ def read_calibration(path: Path | None = None, text: str | None = None) -> str |
     if path is not None and text is not None:
         raise UserInputError("give either a calibration file or a calibration text, not both")
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise InvalidTextError(f"calibration text not found: {path}")
-        if path.is_dir():
-            files = sorted(path.glob("*.txt"))
-            if not files:
-                raise InvalidTextError(f"the calibration folder {path} holds no .txt files")
-            text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-        else:
-            text = path.read_text(encoding="utf-8", errors="replace")
+        from edgegen.hub.texts import read_text_source
+
+        text = read_text_source(Path(path), "calibration text")
         where = str(path)
     elif text is None:
         return None

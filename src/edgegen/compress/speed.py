@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgegen.formats.gguf_file import read_per_token
+
 DECODE_NS_PER_WEIGHT: dict[str, float] = {
     "Q2_K": 0.027,
     "Q4_K": 0.0312,
@@ -45,13 +47,6 @@ DECODE_NS_PER_WEIGHT: dict[str, float] = {
     "F32": 0.111,
 }
 UNKNOWN_NS = 0.1
-
-
-def read_per_token(name: str, names: set[str]) -> bool:
-    """Whether a 2-D tensor is multiplied at every token (an untied embedding is only looked up)."""
-    if name == "token_embd.weight":
-        return "output.weight" not in names
-    return True
 
 
 def tensor_ms(qtype: str, n_params: int, costs: Mapping[str, float] | None = None) -> float:

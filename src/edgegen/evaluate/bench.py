@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.errors import EngineError
-from edgegen.formats.gguf_file import describe, open_reader, validate_gguf
+from edgegen.formats.gguf_file import describe, open_reader, read_per_token, validate_gguf
 
 
 @dataclass
@@ -50,13 +51,7 @@ def bytes_read_per_token(path: Path) -> int:
     """Weight bytes a decode step reads: every tensor but the embedding lookup (unless tied as output)."""
     reader = open_reader(path)
     names = {t.name for t in reader.tensors}
-    tied = "output.weight" not in names
-    total = 0
-    for t in reader.tensors:
-        if t.name == "token_embd.weight" and not tied:
-            continue
-        total += int(t.n_bytes)
-    return total
+    return sum(int(t.n_bytes) for t in reader.tensors if read_per_token(t.name, names))
 
 
 def measure_bandwidth(n_threads: int, size_bytes: int = 512 * 1024**2, repeats: int = 5) -> float:
@@ -120,6 +115,39 @@ def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_thre
         "decode_tokens_per_s": statistics.median(r["decode"] for r in runs),
         "peak_rss_bytes": peak,
     }
+
+
+def compare_decode(
+    models: Sequence[Path], *, rounds: int = 5, tokens: int = 64, threads: Sequence[int] = (1, 2),
+    prompt: str = "The quick brown fox jumps over",
+) -> dict[str, dict[int, dict[str, float]]]:
+    """Decode speed of several files side by side, in this process: for each thread count, every
+    round decodes ``tokens`` greedy tokens with each file in turn (so a slow spell of a shared machine
+    hits them all alike) and each file keeps its best round. Per file and thread count:
+    ``cpu_ms_per_token`` (process CPU time, robust to other load at one thread: no thread waits for
+    a preempted sibling) and ``decode_tokens_per_s`` (wall clock, what a user sees)."""
+    from edgegen.runtime.engine import Engine, SamplingParams
+
+    params = SamplingParams.greedy(tokens, ignore_eos=True)
+    out = {str(m): {n: {"cpu_ms_per_token": float("inf"), "decode_tokens_per_s": 0.0} for n in threads}
+           for m in models}
+    for n in threads:
+        engines = [Engine(m, n_ctx=tokens + 32, n_threads=n) for m in models]
+        try:
+            for _ in range(rounds):
+                for m, engine in zip(models, engines, strict=True):
+                    ids = engine.tokenize(prompt)
+                    engine.complete(ids, SamplingParams.greedy(1))  # warm
+                    c0 = time.process_time()
+                    c = engine.complete(ids, params)
+                    best = out[str(m)][n]
+                    best["cpu_ms_per_token"] = min(
+                        best["cpu_ms_per_token"], 1e3 * (time.process_time() - c0) / max(1, c.completion_tokens))
+                    best["decode_tokens_per_s"] = max(best["decode_tokens_per_s"], c.decode_tokens_per_s)
+        finally:
+            for engine in engines:
+                engine.close()
+    return out
 
 
 def run_bench(

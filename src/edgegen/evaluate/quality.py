@@ -49,15 +49,9 @@ class QualityReport:
 
 
 def read_text(path: Path) -> str:
-    if not path.exists():
-        raise InvalidTextError(f"text file not found: {path}")
-    if path.is_dir():
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise InvalidTextError(f"{path} holds no .txt files")
-        text = "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-    else:
-        text = path.read_text(encoding="utf-8", errors="replace")
+    from edgegen.hub.texts import read_text_source
+
+    text = read_text_source(path)
     if not text.strip():
         raise InvalidTextError(f"text file is empty: {path}")
     return text

@@ -19,6 +19,14 @@ from edgegen.errors import InvalidModelError, ModelNotFoundError
 GGUF_MAGIC = b"GGUF"
 
 
+def read_per_token(name: str, names: set[str]) -> bool:
+    """Whether decoding reads tensor ``name`` at every token, given all tensor names of the file: all do
+    but the token embedding, which is only looked up unless it doubles as the (absent) output matrix."""
+    if name == "token_embd.weight":
+        return "output.weight" not in names
+    return True
+
+
 def validate_gguf(path: Path):  # -> gguf.GGUFReader
     """Raise a UserInputError subclass unless ``path`` is a complete GGUF file; return its reader."""
     if not path.exists():

