@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgegen.formats.gguf_file import read_per_token
+from edgegen.formats.gguf_file import open_reader, read_per_token
 
 DECODE_NS_PER_WEIGHT: dict[str, float] = {
     "Q2_K": 0.027,
@@ -66,8 +66,6 @@ def decode_cost(
 
 def file_decode_cost(path: Path, costs: Mapping[str, float] | None = None) -> float:
     """``decode_cost`` of an existing GGUF file."""
-    from edgegen.formats.gguf_file import open_reader
-
     reader = open_reader(Path(path))
     return decode_cost(
         ((t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors),
