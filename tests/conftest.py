@@ -63,3 +63,24 @@ def shakespeare(cache_home: Path) -> Path:
     from edgegen.hub.texts import shakespeare_texts
 
     return shakespeare_texts(cache_home)
+
+
+@pytest.fixture(scope="session")
+def stories_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """stories260K exported to fp32 ONNX by ONNX Runtime GenAI's builder (``edgegen export onnx``)."""
+    pytest.importorskip("onnxruntime_genai", reason="the [onnx] extra is not installed")
+    from edgegen.export.onnx_genai import Precision, export_onnx
+
+    return export_onnx(STORIES_DIR, tmp_path_factory.mktemp("stories-onnx") / "fp32", Precision.FP32).out
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_int4(smollm2_q4_1: Path, cache_home: Path) -> Path:
+    """SmolLM2 as int4 ONNX (from the publisher's GGUF via transformers), exported once per home."""
+    pytest.importorskip("onnxruntime_genai", reason="the [onnx] extra is not installed")
+    from edgegen.export.onnx_genai import Precision, export_onnx
+
+    out = cache_home / "derived" / "SmolLM2-135M-Instruct.onnx-int4"
+    if not (out / "genai_config.json").is_file():
+        export_onnx(smollm2_q4_1, out, Precision.INT4)
+    return out

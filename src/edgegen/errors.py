@@ -8,11 +8,14 @@
     │   ├── OutputError              an output path that cannot be written
     │   ├── InvalidTextError         a text file (calibration/eval) that is missing or too short
     │   ├── BudgetError              a size budget no quantization can meet
+    │   ├── EngineNotInstalledError  an engine back end whose package is not installed (onnxruntime-genai)
+    │   ├── InvalidProfileError      a device profile file that is unreadable or misses fields
+    │   ├── PlanRefusedError         no model/engine/format variant fits the device under the constraints
     │   └── InvalidRequestError      an API request the server cannot honour (HTTP 400)
     ├── SourceError                  a model source could not be fetched (offline hub, pip failure)
     ├── IntegrityError               a download whose hash/size does not match what was expected
     ├── ConversionError              conversion failed for a reason other than bad input
-    ├── EngineError                  the llama.cpp engine failed (load, decode)
+    ├── EngineError                  an engine (llama.cpp or ONNX Runtime) failed (load, decode)
     │   └── ContextOverflowError     a prompt longer than the context window
     ├── QuantizationError            a quantizer failed
     ├── ServeError                   the edge server (queue full, upstream failure)
@@ -71,6 +74,18 @@ class BudgetError(UserInputError):
 
 
 class InvalidRequestError(UserInputError):
+    pass
+
+
+class EngineNotInstalledError(UserInputError):
+    pass
+
+
+class InvalidProfileError(UserInputError):
+    pass
+
+
+class PlanRefusedError(UserInputError):
     pass
 
 

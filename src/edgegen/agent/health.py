@@ -43,11 +43,12 @@ class HealthReport:
 
 
 def check_health(path: Path, policy: HealthPolicy = HealthPolicy()) -> HealthReport:
-    from edgegen.runtime.engine import Engine, SamplingParams
+    from edgegen.runtime.base import open_engine
+    from edgegen.runtime.engine import SamplingParams
 
     t0 = time.perf_counter()
     try:
-        engine = Engine(path, n_ctx=policy.n_ctx, n_threads=policy.n_threads)
+        engine = open_engine(path, n_ctx=policy.n_ctx, n_threads=policy.n_threads)  # GGUF or ONNX folder
     except EdgegenError as exc:
         raise HealthCheckError(f"the model does not load: {exc}") from exc
     load_s = time.perf_counter() - t0

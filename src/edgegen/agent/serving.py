@@ -132,9 +132,9 @@ class EdgeServer:
         self._app: Any = None
 
     def _engine(self, model_path: Path) -> Any:
-        from edgegen.runtime.engine import Engine
+        from edgegen.runtime.base import open_engine
 
-        return Engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        return open_engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads)
 
     def start(self, model_path: Path) -> None:
         from edgegen.serve import BackgroundServer, ServerConfig, create_app

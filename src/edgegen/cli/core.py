@@ -87,13 +87,17 @@ def run_cmd(
     stop: Annotated[list[str] | None, typer.Option("--stop")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx")] = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
+    engine_name: Annotated[str, typer.Option(
+        "--engine", help="llamacpp, ort (ONNX Runtime GenAI) or auto (from the model)")] = "auto",
 ) -> None:
     """Generate from a prompt, streaming tokens to the terminal."""
-    from edgegen.runtime.engine import Engine, SamplingParams
+    from edgegen.runtime.engine import SamplingParams
 
     cfg = get_settings().engine
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop or ()))
-    with Engine(_resolve(model), n_ctx=ctx or cfg.n_ctx, n_threads=threads or cfg.n_threads) as engine:
+    from edgegen.runtime.base import open_engine
+
+    with open_engine(_resolve(model), engine_name, n_ctx=ctx or cfg.n_ctx, n_threads=threads or cfg.n_threads) as engine:
         if chat:
             tokens = engine.chat_stream([{"role": "user", "content": prompt}], params)
         else:

@@ -27,6 +27,8 @@ def serve_cmd(
         "--max-queue", help="requests waiting beyond the one running")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx", help="context window in tokens")] = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", help="llamacpp, ort (ONNX Runtime GenAI) or auto (from the model: GGUF or ONNX folder)")] = "auto",
     ttft_deadline: Annotated[float | None, typer.Option(
         "--ttft-deadline", help="seconds to wait for the first local token before asking the upstream")] = None,
     lookup_decoding: Annotated[bool | None, typer.Option(
@@ -52,7 +54,12 @@ def serve_cmd(
     path = _resolve(model)
     options: dict = {"n_ctx": n_ctx, "n_threads": threads or eng.n_threads, "n_batch": eng.n_batch,
                      "use_mmap": eng.use_mmap}
-    if cfg.lookup_decoding if lookup_decoding is None else lookup_decoding:
+    from edgegen.runtime.base import resolve_engine
+
+    # a bad artifact, a mismatched or missing engine fails here in one line, not in the loading thread
+    path, kind = resolve_engine(path, engine)
+    options["engine"] = kind
+    if kind.value == "llamacpp" and (cfg.lookup_decoding if lookup_decoding is None else lookup_decoding):
         from edgegen.serve.lookup import NgramDraft
 
         options["draft"] = NgramDraft()

@@ -1,8 +1,10 @@
-"""Measured quality of a model against a reference, both run by llama.cpp on the same tokens.
+"""Measured quality of a model against a reference, each run by its own engine on the same tokens.
 
 ``evaluate(model, ref, text)`` tokenizes the text with the reference's tokenizer, cuts it into chunks
 (see ``metrics`` for the exact definitions, which are llama-perplexity's), runs both models on every
 chunk and reports perplexity, mean KL divergence, top-1 agreement, size and bits per weight.
+Models may be GGUF files (llama.cpp) or ONNX Runtime GenAI folders (``runtime.base.open_engine``):
+the reference's token ids go to every engine, so one table compares formats and engines alike.
 It does not quantize or convert anything.
 """
 
@@ -17,8 +19,7 @@ import numpy as np
 
 from edgegen.errors import InvalidTextError, UserInputError
 from edgegen.evaluate.metrics import QualityAccumulator, score_chunk
-from edgegen.formats.gguf_file import describe
-from edgegen.runtime.engine import Engine
+from edgegen.runtime.base import ModelFormat, detect_format, open_engine
 
 
 @dataclass
@@ -46,6 +47,26 @@ class QualityReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Size:
+    file_bytes: int
+    n_params: int
+    bits_per_weight: float
+
+
+def describe(path: Path) -> _Size:
+    """Bytes, parameters and bits per weight of a GGUF file or an ONNX folder (its weights on disk)."""
+    if detect_format(path) is ModelFormat.GGUF:
+        from edgegen.formats.gguf_file import describe as describe_gguf
+
+        s = describe_gguf(path)
+        return _Size(s.file_bytes, s.n_params, s.bits_per_weight)
+    from edgegen.plan.facts import model_facts
+
+    f = model_facts(path)
+    return _Size(f.weight_bytes, f.n_params, 8 * f.weight_bytes / max(f.n_params, 1))
 
 
 def read_text(path: Path) -> str:
@@ -102,7 +123,7 @@ def evaluate_many(
     ref_info = describe(Path(ref_path))
     with ExitStack() as stack:
         load = lambda p: stack.enter_context(  # noqa: E731
-            Engine(p, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True, n_threads=n_threads))
+            open_engine(p, n_ctx=chunk_tokens, n_batch=chunk_tokens, logits_all=True, n_threads=n_threads))
         ref = load(ref_path)
         models = [load(p) for p in model_paths]
         for p, m in zip(model_paths, models):

@@ -95,6 +95,7 @@ def build_release(
     manifest = Manifest(
         name=name, version=version, sha256=sha, size=size, architecture=architecture,
         quantization=quantization, created=now, expires=now + timedelta(days=expires_days), transfers=transfers,
+        engine="llamacpp", format="gguf",  # build_release takes one file, which describe_artifact read as GGUF
     )
     envelope = canonical_json(sign(manifest.to_signed(), [key]))
     return Release(manifest, envelope, artifact, zst)

@@ -287,6 +287,8 @@ class Manifest:
     created: datetime
     expires: datetime
     transfers: dict[str, Transfer] = field(default_factory=dict)
+    engine: str = ""  # optional: the engine that runs the artifact (llamacpp | ort); signed when set
+    format: str = ""  # optional: the artifact's format (gguf | onnx); signed when set
 
     @classmethod
     def from_signed(cls, d: dict[str, Any]) -> Manifest:
@@ -307,6 +309,7 @@ class Manifest:
             architecture=str(d.get("architecture", "")), quantization=str(d.get("quantization", "")),
             created=parse_time(_field(d, "created", str, "manifest")),
             expires=parse_time(_field(d, "expires", str, "manifest")), transfers=transfers,
+            engine=str(d.get("engine", "")), format=str(d.get("format", "")),
         )
 
     def to_signed(self) -> dict[str, Any]:
@@ -316,4 +319,4 @@ class Manifest:
             "quantization": self.quantization, "created": format_time(self.created),
             "expires": format_time(self.expires),
             "transfers": {k: {"sha256": t.sha256, "size": t.size} for k, t in sorted(self.transfers.items())},
-        }
+        } | ({"engine": self.engine} if self.engine else {}) | ({"format": self.format} if self.format else {})

@@ -110,8 +110,10 @@ def create_app(model: str | Path | Callable[[], Engine] | None, config: ServerCo
     else:
         path, options = Path(model), dict(engine_options or {})
 
-        def factory() -> Engine:
-            return Engine(path, **options)
+        def factory() -> Engine:  # llama.cpp or ONNX Runtime, from the artifact (or options["engine"])
+            from edgegen.runtime.base import open_engine
+
+            return open_engine(path, **options)  # type: ignore[return-value]
 
     server = EdgeServer(factory, config)
 

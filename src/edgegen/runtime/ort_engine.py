@@ -1,0 +1,335 @@
+"""The second engine: ONNX Runtime GenAI (``onnxruntime_genai``) running an exported ONNX folder.
+
+``OrtEngine`` satisfies ``runtime.base.TextEngine`` with the same ``SamplingParams``, ``Token``,
+``StreamStats`` and ``Completion`` as the llama.cpp ``Engine``, so callers do not know which one
+they hold. The folder is what ``edgegen export onnx`` (ONNX Runtime GenAI's model builder) writes:
+``genai_config.json``, ``model.onnx`` (+ external data) and the source's tokenizer files.
+
+ONNX Runtime computes the logits; edgegen samples from them (``sample_token``), so both engines
+share one definition of temperature, top-k, top-p (nucleus), min-p, repeat penalty and seeds, and
+log-probabilities are read from the very logits a token was sampled from. The sampler chain is
+llama.cpp's default order: repeat penalty -> top-k -> top-p -> min-p -> temperature -> draw.
+GBNF grammars (a llama.cpp format) are refused with ``InvalidRequestError``.
+
+Not thread-safe; one generator per call (no prompt cache: ``reset`` has nothing to forget).
+Closing a stream's iterator frees its generator at once. This module does not export models.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgegen.errors import (
+    ContextOverflowError,
+    EngineError,
+    EngineNotInstalledError,
+    InvalidModelError,
+    InvalidRequestError,
+    UserInputError,
+)
+from edgegen.runtime.base import GENAI_CONFIG
+from edgegen.runtime.engine import Completion, SamplingParams, StreamStats, Token, default_threads
+from edgegen.runtime.stops import StopFilter
+
+log = logging.getLogger(__name__)
+
+
+def _import_genai() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:
+        raise EngineNotInstalledError(
+            "the ONNX Runtime engine is not installed: pip install 'edgegen[onnx]' (onnxruntime-genai)") from exc
+    return og
+
+
+def read_genai_config(folder: Path) -> dict[str, Any]:
+    """``genai_config.json`` as a dict; ``InvalidModelError`` if it is missing or not a model config."""
+    path = Path(folder) / GENAI_CONFIG
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        model = cfg["model"]
+        int(model["context_length"]), int(model["vocab_size"])
+    except FileNotFoundError:
+        raise InvalidModelError(f"{folder} has no {GENAI_CONFIG}: not an ONNX Runtime GenAI model") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidModelError(f"{path} is not a usable ONNX Runtime GenAI config: {exc!r}") from exc
+    return cfg
+
+
+def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                 history: Sequence[int] = ()) -> int:
+    """One token id from ``logits`` [n_vocab] under ``params`` (greedy when temperature <= 0).
+
+    Repeat penalty as in llama.cpp (divide positive, multiply negative logits of tokens in
+    ``history``); then top-k, top-p, min-p over the softmax, then temperature, then a draw from ``rng``.
+    """
+    x = logits.astype(np.float64, copy=True)
+    if params.repeat_penalty != 1.0 and len(history):
+        seen = np.unique(np.asarray(history, dtype=np.int64))
+        v = x[seen]
+        x[seen] = np.where(v > 0, v / params.repeat_penalty, v * params.repeat_penalty)
+    if params.temperature <= 0:
+        return int(np.argmax(x))
+    k = params.top_k if 0 < params.top_k < x.size else x.size
+    idx = np.argpartition(-x, k - 1)[:k] if k < x.size else np.arange(x.size)
+    idx = idx[np.argsort(-x[idx], kind="stable")]  # candidates, likeliest first
+    z = x[idx]
+    p = np.exp(z - z[0])
+    p /= p.sum()
+    if params.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(p), params.top_p) + 1)
+        idx, z, p = idx[:keep], z[:keep], p[:keep]
+    if params.min_p > 0.0:
+        keep_mask = p >= params.min_p * p[0]
+        idx, z = idx[keep_mask], z[keep_mask]
+    w = np.exp((z - z[0]) / params.temperature)
+    return int(idx[rng.choice(idx.size, p=w / w.sum())])
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    m = float(x.max())
+    return x - m - np.log(np.exp(x - m).sum())
+
+
+class OrtEngine:
+    """An ONNX Runtime GenAI model folder behind the ``TextEngine`` interface (see the module docstring).
+
+    ``n_ctx`` is capped at the config's ``context_length``; ``n_threads`` sets ONNX Runtime's
+    intra-op threads (default: physical cores). ``n_batch`` and ``logits_all`` are accepted for
+    interface parity (ONNX Runtime needs neither); ``draft`` (speculative decoding) is refused.
+    Raises ``EngineNotInstalledError``, ``InvalidModelError`` or ``EngineError``.
+    """
+
+    def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_batch: int = 512, use_mmap: bool = True, logits_all: bool = False,
+                 draft: Any | None = None, seed_source: random.Random | None = None) -> None:
+        if draft is not None:
+            raise UserInputError("the ONNX Runtime engine does not support speculative (lookup) decoding")
+        self.path = Path(model_path)
+        cfg = read_genai_config(self.path)
+        og = _import_genai()
+        self._og = og
+        threads = n_threads or default_threads()
+        t0 = time.perf_counter()
+        try:
+            config = og.Config(str(self.path))
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+            self._model = og.Model(config)
+            self._tok = og.Tokenizer(self._model)
+        except Exception as exc:  # onnxruntime_genai raises RuntimeError with the ORT message
+            raise EngineError(f"ONNX Runtime GenAI could not load {self.path}: {exc}") from exc
+        self.load_s = time.perf_counter() - t0
+        m = cfg["model"]
+        self.n_ctx = min(int(n_ctx), int(m["context_length"]))
+        self.n_vocab = int(m["vocab_size"])
+        self.n_threads = threads
+        eos = m.get("eos_token_id", [])
+        self._eog = frozenset(eos if isinstance(eos, list) else [eos]) | frozenset(
+            int(t) for t in self._tok.eos_token_ids)
+        self._bos = int(m.get("bos_token_id", -1) if m.get("bos_token_id") is not None else -1)
+        self._eos = int(eos[0] if isinstance(eos, list) else eos)
+        self.metadata: dict[str, str] = {"general.engine": "ort", "general.architecture": str(m.get("type", ""))}
+        tc_path = self.path / "tokenizer_config.json"
+        self._tokenizer_config: dict[str, Any] = json.loads(tc_path.read_text()) if tc_path.is_file() else {}
+        self._seeds = seed_source or random.SystemRandom()
+        self._closed = False
+
+    # ---- vocabulary ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Token ids as the source's tokenizer makes them (it decides whether BOS is added; special
+        tokens in ``text`` are always parsed). ``add_bos=False`` removes a BOS the tokenizer added."""
+        ids = [int(t) for t in self._tok.encode(text)]
+        if not add_bos and ids and ids[0] == self._bos and not text.startswith(self._piece(self._bos)):
+            ids = ids[1:]
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self._tok.decode(np.asarray(list(tokens), dtype=np.int32))
+
+    @property
+    def bos_id(self) -> int:
+        return self._bos
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos
+
+    def _piece(self, tok: int) -> str:
+        if tok < 0:
+            return ""
+        added = self._tokenizer_config.get("added_tokens_decoder") or {}
+        if str(tok) in added:
+            return str(added[str(tok)].get("content", ""))
+        return self.detokenize([tok])
+
+    # ---- chat ---------------------------------------------------------------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        t = self._tokenizer_config.get("chat_template")
+        return t if isinstance(t, str) else None
+
+    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
+        """The source's chat template (tokenizer_config.json) applied to messages; (prompt, stops)."""
+        template = self.chat_template
+        if not template:
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join(lines) + "\nassistant:", ("\nuser:",)
+        prompt = self._tok.apply_chat_template(json.dumps(list(messages)), template_str=template,
+                                               add_generation_prompt=True)
+        eos = self._piece(self._eos)
+        return prompt, ((eos,) if eos else ())
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
+        prompt, stops = self.chat_prompt(messages)
+        return self.tokenize(prompt, add_bos=True), stops
+
+    # ---- generation ---------------------------------------------------------------------------
+
+    def _generator(self, capacity: int) -> Any:
+        params = self._og.GeneratorParams(self._model)
+        params.set_search_options(max_length=capacity, batch_size=1)
+        return self._og.Generator(self._model, params)
+
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(),
+               stats: StreamStats | None = None) -> Iterator[Token]:
+        """Yield tokens as they are sampled; stops at EOS, a stop string, max_tokens or the context end."""
+        if getattr(params, "grammar", None):
+            raise InvalidRequestError("the ONNX Runtime engine does not run GBNF grammars (use a GGUF model)")
+        stats = stats if stats is not None else StreamStats()
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        if not tokens:
+            tokens = [self._bos if self._bos >= 0 else self._eos]
+        if len(tokens) >= self.n_ctx:
+            raise ContextOverflowError(
+                f"prompt of {len(tokens)} tokens does not fit the context window of {self.n_ctx}")
+        stats.prompt_tokens = len(tokens)
+        budget = min(params.max_tokens, self.n_ctx - len(tokens))
+        seed = params.seed if params.seed is not None else self._seeds.randrange(0xFFFFFFFF)
+        if hasattr(stats, "seed"):
+            stats.seed = seed
+        rng = np.random.default_rng(seed)
+        want_top = int(getattr(params, "top_logprobs", 0) or 0)
+        want_lp = params.logprobs or want_top > 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopFilter(params.stop)
+        stream = self._tok.create_stream()
+        stats.finish_reason = "length"
+        t0 = time.perf_counter()
+        if budget <= 0:
+            stats.total_s = time.perf_counter() - t0
+            return
+        history = list(tokens)
+        gen = self._generator(len(tokens) + budget)
+        try:
+            gen.append_tokens(np.asarray(tokens, dtype=np.int32))
+            while True:
+                row = gen.get_logits().reshape(-1)[-self.n_vocab:]  # [n_vocab], the last position
+                tok = sample_token(row, params, rng, history if params.repeat_penalty != 1.0 else ())
+                if stats.ttft_s is None:
+                    stats.ttft_s = time.perf_counter() - t0
+                if tok in self._eog and not params.ignore_eos:
+                    stats.finish_reason = "stop"
+                    break
+                stats.completion_tokens += 1
+                lp: float | None = None
+                extra: dict[str, Any] = {}
+                if want_lp:
+                    ls = log_softmax(row)
+                    lp = float(ls[tok])
+                    stats.token_logprobs.append(lp)
+                    if want_top:
+                        top = np.argsort(-ls, kind="stable")[:want_top]
+                        extra["top"] = tuple((int(t), float(ls[t])) for t in top)
+                text = stops.push(decoder.decode(stream.decode(tok).encode("utf-8")))
+                if stops.stopped:
+                    stats.finish_reason = "stop"
+                    if text:
+                        yield Token(tok, text, lp, **extra)
+                    break
+                yield Token(tok, text, lp, **extra)
+                if stats.completion_tokens >= budget:
+                    break
+                history.append(tok)
+                gen.append_tokens(np.asarray([tok], dtype=np.int32))
+            tail = stops.flush() + decoder.decode(b"", final=True)
+            if stops.stopped:
+                stats.finish_reason = "stop"
+            if tail:
+                yield Token(-1, tail)
+        finally:
+            del gen
+            stats.total_s = time.perf_counter() - t0
+
+    def complete(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams()) -> Completion:
+        stats = StreamStats()
+        text = "".join(t.text for t in self.stream(prompt, params, stats))
+        return Completion(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
+                          finish_reason=stats.finish_reason or "length", ttft_s=stats.ttft_s or 0.0,
+                          total_s=stats.total_s, token_logprobs=stats.token_logprobs)
+
+    def chat(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams()) -> Completion:
+        tokens, stops = self.chat_tokens(messages)
+        return self.complete(tokens, _with_stops(params, stops))
+
+    def chat_stream(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams(),
+                    stats: StreamStats | None = None) -> Iterator[Token]:
+        tokens, stops = self.chat_tokens(messages)
+        return self.stream(tokens, _with_stops(params, stops), stats)
+
+    def reset(self) -> None:
+        """Nothing to forget: every call starts a fresh generator."""
+
+    # ---- evaluation ---------------------------------------------------------------------------
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits for every position of ``tokens`` from an empty context: float32 [n, n_vocab]."""
+        n = len(tokens)
+        if n > self.n_ctx:
+            raise ContextOverflowError(f"{n} tokens exceed the context window of {self.n_ctx}")
+        gen = self._generator(n + 1)
+        try:
+            gen.append_tokens(np.asarray(list(tokens), dtype=np.int32))
+            out = np.asarray(gen.get_output("logits"), dtype=np.float32)
+        except Exception as exc:
+            raise EngineError(f"ONNX Runtime failed to evaluate {n} tokens: {exc}") from exc
+        finally:
+            del gen
+        out = out.reshape(-1, self.n_vocab)
+        if out.shape[0] != n:
+            raise EngineError(f"the ONNX model returned logits for {out.shape[0]} of {n} positions "
+                              "(was it exported with the LM head pruned to the last token?)")
+        return out.copy()
+
+    # ---- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._tok = None
+            self._model = None
+
+    def __enter__(self) -> OrtEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _with_stops(params: SamplingParams, extra: tuple[str, ...]) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, stop=tuple(dict.fromkeys(params.stop + extra)))

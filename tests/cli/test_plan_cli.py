@@ -1,0 +1,55 @@
+"""The second engine and the planner from the command line: bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cli.test_core_cli import assert_clean_error, run
+
+
+def test_onnx_folder_without_genai_config(tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07")
+    assert_clean_error(run("run", str(tmp_path), "hi"), "genai_config.json")
+    assert_clean_error(run("serve", str(tmp_path)), "genai_config.json")
+
+
+def test_engine_that_cannot_run_the_format(stories_gguf: Path) -> None:
+    assert_clean_error(run("serve", str(stories_gguf), "--engine", "ort"), "cannot run")
+    assert_clean_error(run("run", str(stories_gguf), "hi", "--engine", "onnx"), "unknown engine")
+
+
+def test_engine_not_installed(stories_onnx: Path) -> None:
+    code = ("import sys; sys.modules['onnxruntime_genai'] = None; sys.argv[0] = 'edgegen'; "
+            "from edgegen.cli import main; main(sys.argv[1:])")
+    p = subprocess.run([sys.executable, "-c", code, "run", str(stories_onnx), "hi"], capture_output=True, text=True)
+    assert_clean_error(p, "not installed")
+
+
+def test_profile_with_missing_fields(stories_gguf: Path, tmp_path: Path) -> None:
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps({"name": "x", "source": "y", "cores": 2, "threads": 1, "engines": {}}))
+    assert_clean_error(run("plan", str(stories_gguf), "--device", str(prof)), "ram_bytes")
+    prof.write_text("{not json")
+    assert_clean_error(run("plan", str(stories_gguf), "--device", str(prof)), "cannot read the profile")
+
+
+def test_plan_picks_and_refuses(stories_gguf: Path) -> None:
+    ok = run("plan", str(stories_gguf), "--device", "raspberry-pi-5-8gb", "--ctx", "512", "--json")
+    assert ok.returncode == 0, ok.stderr
+    pred = json.loads(ok.stdout)["predictions"][0]
+    assert pred["fits"] and pred["decode_tok_s"] > 0 and pred["energy_source"].startswith("estimated")
+    assert "choice for raspberry-pi-5-8gb" in ok.stderr
+    p = run("plan", str(stories_gguf), "--device", "raspberry-pi-5-8gb", "--max-ram", "1M")
+    assert_clean_error(p, "RAM")
+    assert "Recommended instead" in p.stderr or "No re-quantization fits" in p.stderr
+
+
+def test_refusal_recommends_a_variant_that_fits(stories_gguf: Path) -> None:
+    # F32 stories260K needs 60 MB (runtime) + 1.04 MB (weights) + 0.33 MB (cache at 512): over 58 MiB (60.8 MB);
+    # as Q8_0 its weights shrink to 0.28 MB and it fits
+    p = run("plan", str(stories_gguf), "--device", "raspberry-pi-5-8gb", "--ctx", "512", "--max-ram", "58M")
+    assert_clean_error(p, "needs")
+    assert "Recommended instead" in p.stderr and "as Q8_0" in p.stderr
