@@ -66,12 +66,40 @@ def shakespeare(cache_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stories_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """stories260K exported to fp32 ONNX by ONNX Runtime GenAI's builder (``edgegen export onnx``)."""
+def tiny_llama_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama (head size 16, GQA 4/2, vocab 512) with stories260K's tokenizer files.
+
+    stories260K itself cannot run under ONNX Runtime GenAI on CPU: its GroupQueryAttention kernel
+    needs head sizes that are multiples of 16 (stories260K's is 8)."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama") / "hf"
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, initializer_range=0.2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"):
+        (out / name).write_bytes((STORIES_DIR / name).read_bytes())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_llama_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llama_hf`` exported to fp32 ONNX by ONNX Runtime GenAI's builder (``edgegen export onnx``)."""
     pytest.importorskip("onnxruntime_genai", reason="the [onnx] extra is not installed")
     from edgegen.export.onnx_genai import Precision, export_onnx
 
-    return export_onnx(STORIES_DIR, tmp_path_factory.mktemp("stories-onnx") / "fp32", Precision.FP32).out
+    return export_onnx(tiny_llama_hf, tmp_path_factory.mktemp("tiny-onnx") / "fp32", Precision.FP32).out
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_llama_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llama_hf`` converted to F32 GGUF by our converter: the same weights for llama.cpp."""
+    from edgegen.formats.convert import convert_model
+
+    return convert_model(tiny_llama_hf, tmp_path_factory.mktemp("tiny-gguf") / "tiny-f32.gguf", dtype="f32")
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ def test_engine_that_cannot_run_the_format(stories_gguf: Path) -> None:
     assert_clean_error(run("run", str(stories_gguf), "hi", "--engine", "onnx"), "unknown engine")
 
 
-def test_engine_not_installed(stories_onnx: Path) -> None:
+def test_engine_not_installed(tiny_onnx: Path) -> None:
     code = ("import sys; sys.modules['onnxruntime_genai'] = None; sys.argv[0] = 'edgegen'; "
             "from edgegen.cli import main; main(sys.argv[1:])")
-    p = subprocess.run([sys.executable, "-c", code, "run", str(stories_onnx), "hi"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code, "run", str(tiny_onnx), "hi"], capture_output=True, text=True)
     assert_clean_error(p, "not installed")
 
 

@@ -18,7 +18,8 @@ checks it against the source's (config.json and generation_config.json ``eos_tok
 tokenizer's ``eos_token``); ids the source names that the builder left out are added back, and the
 result records both lists. The folder is built in a temporary sibling and moved into place, so a
 failed export leaves nothing at ``out``. Raises ``EngineNotInstalledError`` (builder missing),
-``InvalidModelError`` / ``OutputError`` (bad input) or ``ConversionError`` (the builder failed).
+``InvalidModelError`` / ``OutputError`` / ``UnsupportedArchitectureError`` (bad input: e.g. a head
+size ONNX Runtime's CPU attention cannot run) or ``ConversionError`` (the builder failed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgegen.errors import ConversionError, EngineNotInstalledError, InvalidModelError, OutputError
+from edgegen.errors import (
+    ConversionError,
+    EngineNotInstalledError,
+    InvalidModelError,
+    OutputError,
+    UnsupportedArchitectureError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +97,20 @@ def gguf_to_hf(src: Path, out: Path) -> Path:
     except ImportError as exc:
         raise EngineNotInstalledError("GGUF export needs torch and transformers: pip install 'edgegen[compress]'") from exc
     try:
-        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     except Exception as exc:  # transformers raises ValueError/RuntimeError for unsupported GGUFs
         raise ConversionError(f"transformers could not load {src} as a Hugging Face model: {exc}") from exc
-    model.save_pretrained(out, safe_serialization=True)
+    # transformers marks a GGUF-loaded model as "quantized with gguf" and refuses to save it, although
+    # its weights are plain float32 tensors by now: drop that mark before saving
+    model.hf_quantizer = None
+    for holder in (model, model.config):
+        if hasattr(holder, "quantization_config"):
+            delattr(holder, "quantization_config")
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    except (ValueError, OSError) as exc:
+        raise ConversionError(f"cannot save {src} as a Hugging Face folder: {exc}") from exc
     tok.save_pretrained(out)
     del model
     return out
@@ -118,6 +134,19 @@ def source_eos_ids(folder: Path) -> list[int]:
             if eos and added.get("content") == eos and added["id"] not in ids:
                 ids.append(int(added["id"]))
     return ids
+
+
+def check_supported(hf_dir: Path) -> None:
+    """Refuse, before any work, a model ONNX Runtime GenAI cannot run on CPU: its CPU
+    GroupQueryAttention kernel needs a head size that is a multiple of 16 (ORT 1.32 rejects others
+    at the first decode: "head_size shall be a multiple of 16")."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    heads = int(cfg.get("num_attention_heads") or 1)
+    head = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
+    if head % 16:
+        raise UnsupportedArchitectureError(
+            f"{hf_dir}: attention head size {head} is not a multiple of 16, which ONNX Runtime GenAI's CPU "
+            "attention kernel requires; run this model with the llama.cpp engine (GGUF)")
 
 
 def _run_builder(hf_dir: Path, out: Path, precision: Precision, cache: Path) -> None:
@@ -152,6 +181,7 @@ def export_onnx(src: Path, out: Path, precision: Precision = Precision.INT4) -> 
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         work = Path(tmp)
         hf_dir = gguf_to_hf(src, work / "hf") if fmt == "gguf" else src
+        check_supported(hf_dir)
         build = work / "onnx"
         _run_builder(hf_dir, build, precision, work / "cache")
         copied = [n for n in TOKENIZER_FILES if (hf_dir / n).is_file()]

@@ -143,17 +143,23 @@ class OrtEngine:
         self.metadata: dict[str, str] = {"general.engine": "ort", "general.architecture": str(m.get("type", ""))}
         tc_path = self.path / "tokenizer_config.json"
         self._tokenizer_config: dict[str, Any] = json.loads(tc_path.read_text()) if tc_path.is_file() else {}
+        self._special = _special_tokens(self.path, self._tokenizer_config)
+        self._adds_bos = self._bos >= 0 and _source_adds_bos(self.path, self._tokenizer_config, self._bos)
         self._seeds = seed_source or random.SystemRandom()
         self._closed = False
 
     # ---- vocabulary ---------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
-        """Token ids as the source's tokenizer makes them (it decides whether BOS is added; special
-        tokens in ``text`` are always parsed). ``add_bos=False`` removes a BOS the tokenizer added."""
+        """Token ids as the source's Hugging Face tokenizer makes them: with ``add_bos``, BOS leads when
+        the source adds one (its ``add_bos_token`` or its post-processor template), as llama.cpp does
+        from GGUF metadata. Special tokens written in ``text`` are always parsed."""
         ids = [int(t) for t in self._tok.encode(text)]
-        if not add_bos and ids and ids[0] == self._bos and not text.startswith(self._piece(self._bos)):
-            ids = ids[1:]
+        bos_text = self._piece(self._bos)
+        if ids and ids[0] == self._bos and not (bos_text and text.startswith(bos_text)):
+            ids = ids[1:]  # a BOS the tokenizer library added itself: decided below, once
+        if add_bos and self._adds_bos and (not ids or ids[0] != self._bos):
+            ids.insert(0, self._bos)
         return ids
 
     def detokenize(self, tokens: Sequence[int]) -> str:
@@ -168,17 +174,20 @@ class OrtEngine:
         return self._eos
 
     def _piece(self, tok: int) -> str:
+        """The text of a token; special tokens by their written form (``<s>``, ``<|im_end|>``)."""
         if tok < 0:
             return ""
-        added = self._tokenizer_config.get("added_tokens_decoder") or {}
-        if str(tok) in added:
-            return str(added[str(tok)].get("content", ""))
-        return self.detokenize([tok])
+        return self._special.get(tok) or self.detokenize([tok])
 
     # ---- chat ---------------------------------------------------------------------------------
 
     @property
     def chat_template(self) -> str | None:
+        """The source's template: ``chat_template.jinja`` (transformers >= 4.50 writes it there) or
+        tokenizer_config.json's ``chat_template``."""
+        jinja = self.path / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
         t = self._tokenizer_config.get("chat_template")
         return t if isinstance(t, str) else None
 
@@ -327,6 +336,37 @@ class OrtEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _special_tokens(folder: Path, tokenizer_config: dict[str, Any]) -> dict[int, str]:
+    """id -> written form of the source's added/special tokens (tokenizer.json, tokenizer_config.json)."""
+    out: dict[int, str] = {}
+    tj = folder / "tokenizer.json"
+    if tj.is_file():
+        for t in json.loads(tj.read_text(encoding="utf-8")).get("added_tokens", []):
+            out[int(t["id"])] = str(t.get("content", ""))
+    for k, v in (tokenizer_config.get("added_tokens_decoder") or {}).items():
+        out.setdefault(int(k), str(v.get("content", "")))
+    return out
+
+
+def _source_adds_bos(folder: Path, tokenizer_config: dict[str, Any], bos: int) -> bool:
+    """Whether the source's tokenizer puts BOS first: tokenizer_config's ``add_bos_token`` if set,
+    else a ``TemplateProcessing`` post-processor whose single-sequence template starts with BOS."""
+    flag = tokenizer_config.get("add_bos_token")
+    if isinstance(flag, bool):
+        return flag
+    tj = folder / "tokenizer.json"
+    if not tj.is_file():
+        return False
+    post = json.loads(tj.read_text(encoding="utf-8")).get("post_processor") or {}
+    procs = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+    for proc in procs:
+        if proc.get("type") == "TemplateProcessing" and proc.get("single"):
+            first = proc["single"][0].get("SpecialToken", {}).get("id")
+            ids = (proc.get("special_tokens", {}).get(first) or {}).get("ids", [])
+            return bool(ids) and ids[0] == bos
+    return False
 
 
 def _with_stops(params: SamplingParams, extra: tuple[str, ...]) -> SamplingParams:
