@@ -43,11 +43,11 @@ def test_prediction_is_the_documented_arithmetic() -> None:
     kv_elems = 2 * 10 * 2 * 64
     ms = 100e6 * 0.1e-6 + 1.0 + 0.01 * kv_elems * 125 * 1e-6
     assert p.decode_tok_s == pytest.approx(1e3 / ms)
-    assert p.ram_parts == {"weights": 60 * 2**20, "kv_cache": kv_elems * 1024 * 2, "runtime": 50 * 2**20}
+    assert p.ram_parts == {"weights": 60 * 2**20, "kv_cache": kv_elems * 1024 * 2, "logits": 0, "runtime": 50 * 2**20}
     assert p.j_per_token == pytest.approx(5.0 * ms / 1e3) and p.energy_source.startswith("estimated")
     # ONNX Runtime GenAI's cache grows with the sequence; llama.cpp's is allocated for the whole context
     o = predict(facts("m-onnx", {"INT4": 100_000_000}, 70 * 2**20, EngineKind.ORT), prof, w)
-    assert o.ram_parts["kv_cache"] == kv_elems * 150 * 4
+    assert o.ram_parts["kv_cache"] == kv_elems * 150 * 4 and o.ram_parts["logits"] == 100 * 1000 * 4
 
 
 def test_unnamed_types_are_scaled_from_relative_costs() -> None:

@@ -11,7 +11,7 @@ short position) / weights read``: the per-token work outside the matrices is fol
 per-weight cost, as ``compress.speed`` does (``token_overhead_ms`` = 0), so predictions are exact for
 the measured files and scale with weight count for others. ``attn_ns_per_kv_elem`` is the slope
 between the short and long positions. ``base_rss_bytes`` is the median of peak RSS minus weights
-minus K/V cache. Decode is timed in CPU seconds of the process at the profile's thread count
+minus K/V cache minus prefill logits (``predict.ram_parts``). Decode is timed in CPU seconds of the process at the profile's thread count
 (one thread by default: robust to other load on a shared machine).
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 from edgegen.errors import EngineError
 from edgegen.plan.energy import EnergyCounter
 from edgegen.plan.facts import ModelFacts, model_facts
+from edgegen.plan.predict import logits_bytes
 from edgegen.plan.profile import DeviceProfile, EngineCosts, Power
 from edgegen.runtime.base import EngineKind
 
@@ -123,8 +124,10 @@ def fit_profile(runs: Sequence[tuple[ModelFacts, dict[str, Any]]], *, name: str,
             ns[dominant].append((r["decode_cpu_ms"] - attn_ms) * 1e6 / f.n_weights_read)
             n_pf, ttft = (r["long_prompt"], r["long_ttft_s"]) if r.get("long_ttft_s") else (r["n_prompt"], r["ttft_s"])
             prefill.append(max(ttft - r["decode_cpu_ms"] / 1e3, 1e-6) * 1e9 / (n_pf * f.n_weights_read))
-            positions = r["n_ctx"] if kind is EngineKind.LLAMACPP else r["n_prompt"] + r["n_gen"]
-            base.append(r["peak_rss_bytes"] - f.weight_bytes - f.kv_elems_per_token * positions * kv_bytes)
+            n_prompt = max(r["n_prompt"], r.get("long_prompt") or 0)  # the run that set the peak
+            positions = r["n_ctx"] if kind is EngineKind.LLAMACPP else n_prompt + r["n_gen"]
+            base.append(r["peak_rss_bytes"] - f.weight_bytes - f.kv_elems_per_token * positions * kv_bytes
+                        - logits_bytes(f, n_prompt))
         table = {t: statistics.median(v) for t, v in ns.items()}
         engines[kind] = EngineCosts(decode_ns_per_weight=table, token_overhead_ms=0.0, attn_ns_per_kv_elem=attn,
                                     prefill_ns_per_weight=statistics.median(prefill),

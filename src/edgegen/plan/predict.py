@@ -10,6 +10,8 @@ tokens and ``n_gen`` generated tokens, at the profile's thread count:
                                      + one decode step at position n_prompt
     RAM bytes                      = base_rss + weight_bytes x weight_residency
                                      + kv_elems_per_token x kv_positions x kv_bytes_per_elem
+                                     + logits: n_prompt x n_vocab x 4 for ONNX Runtime GenAI (its graph
+                                       returns every prompt position's logits), 0 for llama.cpp (last only)
     energy J/token                 = power.active_w x s/token          (label: estimated, with the power's source)
 
 ``kv_positions`` is ``n_ctx`` for llama.cpp (it allocates the whole cache at load) and
@@ -76,7 +78,13 @@ def ram_parts(facts: ModelFacts, profile: DeviceProfile, w: Workload) -> dict[st
     positions = w.n_ctx if facts.engine is EngineKind.LLAMACPP else min(w.n_ctx, w.n_prompt + w.n_gen)
     return {"weights": int(facts.weight_bytes * c.weight_residency),
             "kv_cache": int(facts.kv_elems_per_token * positions * c.kv_bytes_per_elem),
+            "logits": logits_bytes(facts, w.n_prompt),
             "runtime": int(c.base_rss_bytes)}
+
+
+def logits_bytes(facts: ModelFacts, n_prompt: int) -> int:
+    """Host memory of the prefill's logits: ONNX Runtime GenAI's graph returns all positions (float32)."""
+    return n_prompt * facts.n_vocab * 4 if facts.engine is EngineKind.ORT else 0
 
 
 def predict(facts: ModelFacts, profile: DeviceProfile, w: Workload = Workload()) -> Prediction:

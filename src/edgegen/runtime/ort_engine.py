@@ -144,6 +144,7 @@ class OrtEngine:
         tc_path = self.path / "tokenizer_config.json"
         self._tokenizer_config: dict[str, Any] = json.loads(tc_path.read_text()) if tc_path.is_file() else {}
         self._special = _special_tokens(self.path, self._tokenizer_config)
+        self._bytes: dict[int, bytes] | None = None  # token_bytes' table, built on first use
         self._adds_bos = self._bos >= 0 and _source_adds_bos(self.path, self._tokenizer_config, self._bos)
         self._seeds = seed_source or random.SystemRandom()
         self._closed = False
@@ -191,16 +192,30 @@ class OrtEngine:
         t = self._tokenizer_config.get("chat_template")
         return t if isinstance(t, str) else None
 
-    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
-        """The source's chat template (tokenizer_config.json) applied to messages; (prompt, stops)."""
+    template_error: str | None = None  # the source's template is rendered as written (no GGUF metadata to lose)
+
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], *,
+                    tools: Sequence[dict[str, Any]] | None = None) -> tuple[str, tuple[str, ...]]:
+        """The source's chat template applied to messages (with OpenAI-shaped ``tools`` as its
+        ``tools`` variable), rendered by the same sandboxed Jinja2 formatter as the llama.cpp engine
+        (llama-cpp-python's ``Jinja2ChatFormatter``), so both engines send a model identical prompts."""
         template = self.chat_template
         if not template:
             lines = [f"{m['role']}: {m['content']}" for m in messages]
             return "\n".join(lines) + "\nassistant:", ("\nuser:",)
-        prompt = self._tok.apply_chat_template(json.dumps(list(messages)), template_str=template,
-                                               add_generation_prompt=True)
-        eos = self._piece(self._eos)
-        return prompt, ((eos,) if eos else ())
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        fmt = Jinja2ChatFormatter(template=template, eos_token=self._piece(self._eos),
+                                  bos_token=self._piece(self._bos), add_generation_prompt=True)
+        resp = fmt(messages=list(messages), tools=list(tools) if tools else None)
+        stops = resp.stop if isinstance(resp.stop, list) else ([resp.stop] if resp.stop else [])
+        return resp.prompt, tuple(x for x in stops if x)
+
+    def token_bytes(self, tok: int) -> bytes:
+        """The bytes token ``tok`` adds to the text (b"" for special tokens), from tokenizer.json's vocabulary."""
+        if self._bytes is None:
+            self._bytes = _vocab_bytes(self.path, set(self._special))
+        return self._bytes.get(tok, b"") if tok >= 0 else b""
 
     def chat_tokens(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
         prompt, stops = self.chat_prompt(messages)
@@ -336,6 +351,41 @@ class OrtEngine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: printable stand-in character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(
+        range(ord("\u00ae"), ord("\u00ff") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def _vocab_bytes(folder: Path, special: set[int]) -> dict[int, bytes]:
+    """id -> bytes of every vocabulary token: byte-level BPE (GPT-2 alphabet) or SentencePiece-style
+    (``\u2581`` for space, ``<0xNN>`` byte tokens). Special tokens map to b""."""
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab: dict[str, int] = tj.get("model", {}).get("vocab", {}) or {}
+    byte_level = "ByteLevel" in json.dumps(tj.get("decoder")) or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
+    out: dict[int, bytes] = {}
+    if byte_level:
+        dec = _byte_decoder()
+        for text, i in vocab.items():
+            out[i] = bytes(dec[c] for c in text if c in dec)
+    else:
+        for text, i in vocab.items():
+            if len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+                out[i] = bytes([int(text[3:5], 16)])
+            else:
+                out[i] = text.replace("\u2581", " ").encode("utf-8")
+    for i in special:
+        out[i] = b""
+    return out
 
 
 def _special_tokens(folder: Path, tokenizer_config: dict[str, Any]) -> dict[int, str]:
