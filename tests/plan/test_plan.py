@@ -53,7 +53,8 @@ def test_prediction_is_the_documented_arithmetic() -> None:
 def test_unnamed_types_are_scaled_from_relative_costs() -> None:
     prof = profile_from_dict(PROFILE)
     q8 = prof.engines[EngineKind.LLAMACPP].ns_per_weight("Q8_0")
-    assert prof.engines[EngineKind.LLAMACPP].ns_per_weight("Q4_0") < q8 < prof.engines[EngineKind.LLAMACPP].ns_per_weight("F16") * 2
+    costs = prof.engines[EngineKind.LLAMACPP]
+    assert costs.ns_per_weight("Q4_0") < q8 < costs.ns_per_weight("F16") * 2
 
 
 def test_choice_is_fastest_that_fits_and_refusal_names_what_does_not_fit() -> None:

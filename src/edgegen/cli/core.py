@@ -111,7 +111,8 @@ def run_cmd(
 
 
 def eval_cmd(
-    model: str,
+    models: Annotated[list[str], typer.Argument(
+        help="one or more models: GGUF files (llama.cpp) and/or ONNX Runtime GenAI folders", metavar="MODEL...")],
     ref: Annotated[str, typer.Option("--ref", help="the reference model (full precision)")],
     text: Annotated[Path, typer.Option("--text", help="UTF-8 text to evaluate on")],
     chunk: Annotated[int | None, typer.Option("--chunk", help="tokens per chunk")] = None,
@@ -119,22 +120,36 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     out: Annotated[Path | None, typer.Option("-o", "--out")] = None,
 ) -> None:
-    """Perplexity, mean KL divergence from the reference and top-1 agreement, over 512-token chunks."""
-    from edgegen.evaluate.quality import evaluate
+    """Perplexity, mean KL divergence from the reference and top-1 agreement, over 512-token chunks.
+
+    Several models (GGUF files and ONNX folders alike) are scored on the same reference tokens and
+    shown as one table; JSON is one object for one model, a list for several."""
+    from edgegen.evaluate.quality import evaluate_many
 
     cfg = get_settings().eval
     if out:
         check_output_path(out)
-    model_path, ref_path = _resolve(model), _resolve(ref)
+    paths, ref_path = [_resolve(m) for m in models], _resolve(ref)
     with progress_bar("evaluating") as update:
-        report = evaluate(model_path, ref_path, text, chunk_tokens=chunk or cfg.chunk_tokens,
-                          max_chunks=chunks or cfg.max_chunks, progress=update)
-    data = report.to_dict()
+        reports = evaluate_many(paths, ref_path, text, chunk_tokens=chunk or cfg.chunk_tokens,
+                                max_chunks=chunks or cfg.max_chunks, progress=update)
+    rows = [r.to_dict() for r in reports]
     if as_json or out:
-        _emit_json(data, out)
-    if not as_json:
-        for k, v in data.items():
+        _emit_json(rows[0] if len(rows) == 1 else rows, out)  # type: ignore[arg-type]
+    if as_json:
+        return
+    if len(rows) == 1:
+        for k, v in rows[0].items():
             console.print(f"[bold]{k}[/]: {v}", highlight=False)
+        return
+    from rich.table import Table
+
+    table = Table("model", "MiB", "bpw", "PPL", "mean KL", "KL p99", "top-1")
+    for r in rows:
+        table.add_row(Path(r["model"]).name, f"{r['file_bytes'] / 2**20:.1f}", f"{r['bits_per_weight']:.2f}",
+                      f"{r['ppl']:.3f}", f"{r['kl_mean']:.5f} ± {r['kl_stderr']:.5f}", f"{r['kl_p99']:.4f}",
+                      f"{r['top1_agreement']:.4f}")
+    console.print(table)
 
 
 def bench_cmd(

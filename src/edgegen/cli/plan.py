@@ -83,7 +83,8 @@ def plan_cmd(
         for p in ranked:
             j = f"{p.j_per_token:.3f} J/tok" if p.j_per_token is not None else "J/tok unknown"
             mark = "[green]fits[/]" if p.fits else f"[red]refused[/]: {'; '.join(p.violations)}"
-            console.print(f"{p.model} [{p.engine} {p.variant}]: RAM {p.ram_bytes / 2**20:.0f} MiB, TTFT {p.ttft_s:.2f} s, "
+            console.print(f"{p.model} [{p.engine} {p.variant}]: RAM {p.ram_bytes / 2**20:.0f} MiB, "
+                          f"TTFT {p.ttft_s:.2f} s, "
                           f"{p.decode_tok_s:.1f} tok/s, {j} ({p.energy_source}) - {mark}", highlight=False)
     best = choose(ranked, facts, profile, w, limits)  # PlanRefusedError (exit 2) when nothing fits
     err_console.print(f"choice for {profile.name}: {best.model} [{best.engine} {best.variant}]", highlight=False)

@@ -95,7 +95,8 @@ def gguf_to_hf(src: Path, out: Path) -> Path:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
-        raise EngineNotInstalledError("GGUF export needs torch and transformers: pip install 'edgegen[compress]'") from exc
+        raise EngineNotInstalledError(
+            "GGUF export needs torch and transformers: pip install 'edgegen[compress]'") from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)

@@ -3,7 +3,8 @@
     EnergyCounter.open(root)   the best counter under a sysfs root: RAPL package domains
                                (``/sys/class/powercap/intel-rapl:N/energy_uj``, also AMD's RAPL via the
                                same powercap interface), else a battery's ``energy_now`` (µWh); None if neither
-    counter.read_j()           cumulative joules (RAPL wrap-around at ``max_energy_range_uj`` handled by ``joules_between``)
+    counter.read()             raw counter values; ``joules_between(before, after)`` the energy between
+                               two reads (RAPL wraps at ``max_energy_range_uj``; batteries count down)
     estimate_j(cpu_s, power)   CPU seconds x the profile's active power: the fallback, labelled "estimated"
 
 Every figure leaves here with its source: ``measured-rapl``, ``measured-battery`` or

@@ -98,7 +98,8 @@ def _onnx_facts(folder: Path) -> ModelFacts:
     except ImportError as exc:
         from edgegen.errors import EngineNotInstalledError
 
-        raise EngineNotInstalledError("reading an ONNX graph needs the onnx package: pip install 'edgegen[onnx]'") from exc
+        raise EngineNotInstalledError(
+            "reading an ONNX graph needs the onnx package: pip install 'edgegen[onnx]'") from exc
     try:
         graph = onnx.load(str(onnx_file), load_external_data=False).graph
     except Exception as exc:  # onnx raises DecodeError/OSError on bad files

@@ -11,7 +11,8 @@ short position) / weights read``: the per-token work outside the matrices is fol
 per-weight cost, as ``compress.speed`` does (``token_overhead_ms`` = 0), so predictions are exact for
 the measured files and scale with weight count for others. ``attn_ns_per_kv_elem`` is the slope
 between the short and long positions. ``base_rss_bytes`` is the median of peak RSS minus weights
-minus K/V cache minus prefill logits (``predict.ram_parts``). Decode is timed in CPU seconds of the process at the profile's thread count
+minus K/V cache minus prefill logits (``predict.ram_parts``). Decode is timed in CPU seconds of the
+process at the profile's thread count
 (one thread by default: robust to other load on a shared machine).
 """
 
@@ -53,7 +54,7 @@ def child_run(model: str, n_ctx: int, n_prompt: int, n_gen: int, threads: int, r
     def run(n: int) -> dict[str, float]:
         engine.reset()
         stats = StreamStats()
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         first_wall = first_cpu = None
         for _ in engine.stream(ids_all[:n], params, stats):
             if first_wall is None:

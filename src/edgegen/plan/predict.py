@@ -92,7 +92,8 @@ def predict(facts: ModelFacts, profile: DeviceProfile, w: Workload = Workload())
     checks ``facts.engine in profile.engines`` (``plan`` reports a missing engine as a violation)."""
     c = profile.engines[facts.engine]
     ms = decode_ms(facts, profile, w.n_prompt + w.n_gen / 2)
-    ttft = w.n_prompt * facts.n_weights_read * c.prefill_ns_per_weight * 1e-9 + decode_ms(facts, profile, w.n_prompt) / 1e3
+    prefill_s = w.n_prompt * facts.n_weights_read * c.prefill_ns_per_weight * 1e-9
+    ttft = prefill_s + decode_ms(facts, profile, w.n_prompt) / 1e3
     parts = ram_parts(facts, profile, w)
     if profile.power is not None:
         joules: float | None = profile.power.active_w * ms / 1e3
@@ -116,7 +117,8 @@ def plan(variants: Sequence[ModelFacts], profile: DeviceProfile, w: Workload = W
     for f in variants:
         if f.engine not in profile.engines:
             p = Prediction(f.path, f.engine.value, f.format.value, f.variant, 0, {}, 0.0, 0.0, None, "unknown",
-                           fits=False, violations=[f"the profile {profile.name} has no costs for the {f.engine.value} engine"])
+                           fits=False,
+                           violations=[f"the profile {profile.name} has no costs for the {f.engine.value} engine"])
             out.append(p)
             continue
         p = predict(f, profile, w)
@@ -130,7 +132,8 @@ def plan(variants: Sequence[ModelFacts], profile: DeviceProfile, w: Workload = W
             if p.j_per_token is None:
                 p.violations.append("energy unknown: the profile has no power figures")
             elif p.j_per_token > limits.max_j_per_token:
-                p.violations.append(f"needs {p.j_per_token:.3f} J/token, above --max-j-per-token {limits.max_j_per_token:g}")
+                p.violations.append(
+                    f"needs {p.j_per_token:.3f} J/token, above --max-j-per-token {limits.max_j_per_token:g}")
         p.fits = not p.violations
         out.append(p)
     out.sort(key=lambda p: (not p.fits, -p.decode_tok_s))
@@ -170,5 +173,6 @@ def choose(ranked: Sequence[Prediction], variants: Sequence[ModelFacts], profile
         advice = (f" Recommended instead: {best.model} (edgegen compress), which needs {_gib(best.ram_bytes)} "
                   f"and decodes ~{best.decode_tok_s:.1f} tok/s.")
     else:
-        advice = f" No re-quantization fits {profile.name} at context {w.n_ctx} either: use a smaller model or a shorter --ctx."
+        advice = (f" No re-quantization fits {profile.name} at context {w.n_ctx} either: "
+                  "use a smaller model or a shorter --ctx.")
     raise PlanRefusedError(f"nothing fits {profile.name}: {why}.{advice}")

@@ -60,7 +60,8 @@ class EngineCosts:
         if t in self.decode_ns_per_weight:
             return self.decode_ns_per_weight[t]
         ref = {k: v for k, v in self.decode_ns_per_weight.items() if _ONNX_ALIAS.get(k, k) in DECODE_NS_PER_WEIGHT}
-        scale = float(np.median([v / DECODE_NS_PER_WEIGHT[_ONNX_ALIAS.get(k, k)] for k, v in ref.items()])) if ref else 1.0
+        ratios = [v / DECODE_NS_PER_WEIGHT[_ONNX_ALIAS.get(k, k)] for k, v in ref.items()]
+        scale = float(np.median(ratios)) if ratios else 1.0
         return DECODE_NS_PER_WEIGHT.get(_ONNX_ALIAS.get(t, t), max(DECODE_NS_PER_WEIGHT.values())) * scale
 
 
