@@ -40,6 +40,11 @@ class ServeSettings(BaseModel):
     upstream_url: str | None = None  # OpenAI-style base URL, e.g. https://api.example.com/v1
     upstream_key: str | None = None
     lookup_decoding: bool = False
+    cors_origins: list[str] = []  # browser origins allowed to call the API ("*" for any)
+    # confidence cascade to the upstream (both routes): off unless a threshold is set
+    cascade_min_logprob: float | None = None
+    cascade_max_entropy: float | None = None
+    cascade_tokens: int = 8
 
 
 class FleetSettings(BaseModel):

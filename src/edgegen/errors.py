@@ -4,6 +4,7 @@
     ├── UserInputError               bad input from the user (exit 2): one clear line, no traceback
     │   ├── ModelNotFoundError       a model path/source that does not exist
     │   ├── InvalidModelError        a file or folder that is not a usable model (truncated GGUF, no config.json)
+    │   │   └── ChatTemplateError    the model's chat template does not compile (completions still work)
     │   ├── UnsupportedArchitectureError
     │   ├── OutputError              an output path that cannot be written
     │   ├── InvalidTextError         a text file (calibration/eval) that is missing or too short
@@ -54,6 +55,10 @@ class ModelNotFoundError(UserInputError):
 
 
 class InvalidModelError(UserInputError):
+    pass
+
+
+class ChatTemplateError(InvalidModelError):
     pass
 
 

@@ -25,7 +25,7 @@ def assert_clean_error(p: subprocess.CompletedProcess, needle: str) -> None:
 
 
 def test_run_streams_the_known_story(stories_gguf: Path) -> None:
-    p = run("run", str(stories_gguf), "Once upon a time", "-n", "40")
+    p = run("run", str(stories_gguf), "Once upon a time", "-n", "40", "--greedy")
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("Once upon a time, there was a little girl named Lily.")
 

@@ -11,31 +11,50 @@ from pydantic import ValidationError
 
 from edgegen.runtime.engine import SamplingParams
 from edgegen.serve.auth import ApiKeys, bearer_token
-from edgegen.serve.metrics import Counter, Histogram, ServerMetrics
+from edgegen.serve.metrics import ServerMetrics
 from edgegen.serve.protocol import ChunkWriter, error_body, sampling_params
 from edgegen.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 
+def _families(text: str) -> dict[str, object]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
 def test_histogram_buckets_are_cumulative_and_exposed() -> None:
-    h = Histogram("x_seconds", "help", ("op",), (0.1, 1.0))
-    for v in (0.05, 0.5, 0.5, 5.0):
-        h.observe(v, op="chat")
-    lines = h.lines()
-    assert 'x_seconds_bucket{op="chat",le="0.1"} 1' in lines
-    assert 'x_seconds_bucket{op="chat",le="1"} 3' in lines
-    assert 'x_seconds_bucket{op="chat",le="+Inf"} 4' in lines
-    assert 'x_seconds_count{op="chat"} 4' in lines
-    assert math.isclose(h.sum(op="chat"), 6.05)
+    m = ServerMetrics(queue_depth=lambda: 0, running=lambda: 0, ready=lambda: 1)
+    for v in (0.005, 0.5, 0.5, 50.0):
+        m.ttft.observe(v, gen_ai_operation_name="chat")
+    fam = _families(m.render())["gen_ai_server_time_to_first_token_seconds"]
+    samples = {(s.name, s.labels.get("le")): s.value for s in fam.samples}  # type: ignore[attr-defined]
+    assert samples[("gen_ai_server_time_to_first_token_seconds_bucket", "0.005")] == 1
+    assert samples[("gen_ai_server_time_to_first_token_seconds_bucket", "0.5")] == 3
+    assert samples[("gen_ai_server_time_to_first_token_seconds_bucket", "+Inf")] == 4
+    assert math.isclose(samples[("gen_ai_server_time_to_first_token_seconds_sum", None)], 51.005)
 
 
 def test_counter_rules_and_label_escaping() -> None:
-    c = Counter("reqs", "help", ("path",))
-    c.inc(path='we"ird\\path\n')
-    assert c.lines() == ['reqs_total{path="we\\"ird\\\\path\\n"} 1']
+    m = ServerMetrics(queue_depth=lambda: 0, running=lambda: 0, ready=lambda: 1)
+    weird = 'we"ird\\path\n'
+    m.requests.inc(endpoint=weird, status="200", route="local")
+    (sample,) = _families(m.render())["edgegen_requests"].samples[:1]  # type: ignore[attr-defined]
+    assert sample.labels == {"endpoint": weird, "status": "200", "route": "local"} and sample.value == 1
     with pytest.raises(ValueError):
-        c.inc(-1, path="x")
+        m.forwards.inc(-1, reason="x")
     with pytest.raises(ValueError):
-        c.inc(other="x")
+        m.forwards.inc(other="x")
+
+
+def test_two_servers_in_one_process_keep_their_own_metrics() -> None:
+    """One CollectorRegistry per server: the same names register twice without a clash."""
+    a = ServerMetrics(queue_depth=lambda: 1, running=lambda: 0, ready=lambda: 1)
+    b = ServerMetrics(queue_depth=lambda: 5, running=lambda: 1, ready=lambda: 0)
+    a.forwards.inc(reason="queue_full")
+    assert a.forwards.value(reason="queue_full") == 1 and b.forwards.value(reason="queue_full") == 0
+    fa, fb = _families(a.render()), _families(b.render())
+    assert fa["edgegen_scheduler_queue_depth"].samples[0].value == 1  # type: ignore[attr-defined]
+    assert fb["edgegen_scheduler_queue_depth"].samples[0].value == 5  # type: ignore[attr-defined]
 
 
 def test_server_metrics_render_has_the_otel_names() -> None:
@@ -45,7 +64,7 @@ def test_server_metrics_render_has_the_otel_names() -> None:
                  "gen_ai_server_time_per_output_token_seconds", "gen_ai_client_token_usage",
                  "edgegen_requests_total", "edgegen_scheduler_queue_depth"):
         assert f"# TYPE {name} " in text
-    assert "edgegen_scheduler_queue_depth 3\n" in text and text.endswith("\n")
+    assert "edgegen_scheduler_queue_depth 3.0\n" in text and text.endswith("\n")
 
 
 def test_api_keys() -> None:
@@ -74,7 +93,8 @@ def test_sampling_params_mapping() -> None:
 
 @pytest.mark.parametrize("body", [
     {"model": "m", "prompt": ["a", "b"]},
-    {"model": "m", "prompt": "x", "n": 2},
+    {"model": "m", "prompt": "x", "n": 9},
+    {"model": "m", "prompt": "x", "logprobs": 6},
     {"model": "m", "prompt": "x", "stop": ["s"] * 17},
     {"model": "m", "prompt": "x", "temperature": -0.1},
 ])

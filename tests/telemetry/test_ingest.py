@@ -135,15 +135,20 @@ def test_prometheus_exposition() -> None:
     rows = [CounterRow("dev0", 1, n, v) for (_, n), v in rollup([req(1), req(2, ok=False)]).items()]
     text = render_prometheus(rows, [StreamRow("dev0", 7, 2, 1, 123456)], {"devices_online": ("Online.", 1)})
     lines = text.splitlines()
-    assert 'edgegen_requests_total{device="dev0",model_version="1"} 2' in lines
-    assert 'edgegen_request_errors_total{device="dev0",model_version="1"} 1' in lines
-    assert 'edgegen_ttft_seconds_bucket{device="dev0",model_version="1",le="0.05"} 2' in lines
-    assert 'edgegen_ttft_seconds_count{device="dev0",model_version="1"} 2' in lines
-    assert 'edgegen_telemetry_dropped_total{device="dev0"} 7' in lines
-    assert 'edgegen_device_memory_rss_bytes{device="dev0"} 123456' in lines
+    assert 'edgegen_requests_total{device="dev0",model_version="1"} 2.0' in lines
+    assert 'edgegen_request_errors_total{device="dev0",model_version="1"} 1.0' in lines
+    assert 'edgegen_ttft_seconds_bucket{device="dev0",le="0.05",model_version="1"} 2.0' in lines
+    assert 'edgegen_ttft_seconds_count{device="dev0",model_version="1"} 2.0' in lines
+    assert 'edgegen_telemetry_dropped_total{device="dev0"} 7.0' in lines
+    assert 'edgegen_device_memory_rss_bytes{device="dev0"} 123456.0' in lines
     assert "# TYPE edgegen_request_duration_seconds histogram" in lines
-    assert 'edgegen_events_total{device="dev0",model_version="1",kind="request"} 2' in lines
-    assert "edgegen_devices_online 1" in lines
+    assert 'edgegen_events_total{device="dev0",kind="request",model_version="1"} 2.0' in lines
+    assert "edgegen_devices_online 1.0" in lines
+    # prometheus_client's own parser reads every family back
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"edgegen_requests", "edgegen_ttft_seconds", "edgegen_devices_online"} <= names
 
 
 def _naive_buckets(latencies_s: list[float]) -> dict[str, float]:

@@ -64,25 +64,34 @@ def convert_cmd(
     src: Annotated[str, typer.Argument(help="Hugging Face folder or GGUF file")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output .gguf")],
     dtype: Annotated[str, typer.Option("--dtype", help="f16 or f32")] = "f16",
+    bad_template: Annotated[str, typer.Option(
+        "--bad-template", help="a chat template that does not compile: refuse (nothing written) or drop "
+        "(write the model without it, with a warning)")] = "refuse",
 ) -> None:
     """Convert a Hugging Face Llama-family folder, or dequantize a GGUF, to an F16/F32 GGUF."""
-    from edgegen.formats.convert import convert_model
+    from edgegen.formats.convert import BadTemplate, convert_model
 
     if dtype not in ("f16", "f32"):
         raise UserInputError(f"--dtype must be f16 or f32, not {dtype!r}")
+    if bad_template not in ("refuse", "drop"):
+        raise UserInputError(f"--bad-template must be refuse or drop, not {bad_template!r}")
     check_output_path(out)
     path = _resolve(src)
     with progress_bar("converting") as update:
-        result = convert_model(path, out, dtype=dtype, progress=update)
+        result = convert_model(path, out, dtype=dtype, progress=update, bad_template=BadTemplate(bad_template))
     console.print(f"wrote {result}", highlight=False)
 
 
 def run_cmd(
     model: str,
-    prompt: str,
+    prompt: Annotated[str | None, typer.Argument(help="omit for an interactive chat")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="apply the model's chat template")] = False,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
-    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", "-t", help="default: the model's own setting, else llama.cpp's 0.8")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="always the likeliest token (temperature 0)")] = False,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop")] = None,
     ctx: Annotated[int | None, typer.Option("--ctx")] = None,
@@ -90,14 +99,30 @@ def run_cmd(
     engine_name: Annotated[str, typer.Option(
         "--engine", help="llamacpp, ort (ONNX Runtime GenAI) or auto (from the model)")] = "auto",
 ) -> None:
-    """Generate from a prompt, streaming tokens to the terminal."""
+    """Generate from a prompt, streaming tokens to the terminal; with no prompt, chat interactively.
+
+    Sampling defaults come from the model's own generation settings (GGUF general.sampling.*), else
+    llama.cpp's (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05); greedy only with --greedy or -t 0."""
+    from dataclasses import replace
+
     from edgegen.runtime.engine import SamplingParams
+    from edgegen.runtime.sampling import model_defaults
 
     cfg = get_settings().engine
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop or ()))
     from edgegen.runtime.base import open_engine
 
     with open_engine(_resolve(model), engine_name, n_ctx=ctx or cfg.n_ctx, n_threads=threads or cfg.n_threads) as engine:
+        params, _ = model_defaults(engine.metadata, SamplingParams(max_tokens=max_tokens, seed=seed,
+                                                                   stop=tuple(stop or ())))
+        given = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+        params = replace(params, **{k: v for k, v in given.items() if v is not None})
+        if greedy or params.temperature <= 0:
+            params = SamplingParams.greedy(max_tokens, seed=seed, stop=tuple(stop or ()))
+        if prompt is None:
+            from edgegen.cli.chat import repl
+
+            repl(engine, params)
+            return
         if chat:
             tokens = engine.chat_stream([{"role": "user", "content": prompt}], params)
         else:
@@ -158,22 +183,34 @@ def bench_cmd(
     out: Annotated[Path | None, typer.Option("-o", "--out")] = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens")] = 256,
     gen_tokens: Annotated[int, typer.Option("--gen-tokens")] = 128,
-    repeats: Annotated[int, typer.Option("--repeats")] = 3,
-    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="measured runs per round")] = 1,
+    rounds: Annotated[int, typer.Option("--rounds", help="rounds, each in a fresh process")] = 3,
+    threads: Annotated[int | None, typer.Option("--threads", help="capped at the idle cores")] = None,
 ) -> None:
-    """Load time, TTFT, prefill/decode tokens/s, peak RSS, size, and decode bandwidth efficiency."""
+    """Load time, TTFT, prefill/decode tokens/s (median and range over rounds), peak RSS, size, decode
+    bandwidth efficiency, and whether the machine was too noisy to trust the speed figures."""
     from edgegen.evaluate.bench import run_bench
 
     if out:
         check_output_path(out)
+    if rounds < 1:
+        raise UserInputError("--rounds must be at least 1")
     report = run_bench(_resolve(model), prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
-                       repeats=repeats, n_threads=threads)
+                       repeats=repeats, rounds=rounds, n_threads=threads)
     data = report.to_dict()
     if as_json or out:
         _emit_json(data, out)
     if not as_json:
         for k, v in data.items():
-            console.print(f"[bold]{k}[/]: {v}", highlight=False)
+            if k not in ("decode_spread", "ttft_spread", "decode_ratio_to_first", "noise"):
+                console.print(f"[bold]{k}[/]: {v}", highlight=False)
+        d = report.decode_spread or {}
+        console.print(f"[bold]decode tokens/s over {rounds} rounds[/]: median {d.get('median', 0):.2f}, "
+                      f"range {d.get('low', 0):.2f}-{d.get('high', 0):.2f}, CV {d.get('cv', 0):.1%}", highlight=False)
+        noise = report.noise or {}
+        verdict = ("yes: do not compare these figures (" + "; ".join(noise.get("reasons", [])) + ")"
+                   if noise.get("noisy") else "no")
+        console.print(f"[bold]noisy[/]: {verdict}", highlight=False)
 
 
 def demo_cmd(

@@ -35,6 +35,15 @@ def serve_cmd(
         "--lookup-decoding/--no-lookup-decoding",
         help="prompt-lookup speculative decoding (faster when answers copy the prompt)")] = None,
     model_id: Annotated[str | None, typer.Option("--model-id", help="name in /v1/models")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", help="a browser origin allowed to call the API, e.g. http://localhost:3000, "
+        "or '*' (repeatable)")] = None,
+    cascade_logprob: Annotated[float | None, typer.Option(
+        "--cascade-logprob", help="with --upstream: forward when the mean log-probability of the first "
+        "--cascade-tokens tokens is below this (e.g. -1.5)")] = None,
+    cascade_entropy: Annotated[float | None, typer.Option(
+        "--cascade-entropy", help="with --upstream: forward when their mean entropy (nats) is above this")] = None,
+    cascade_tokens: Annotated[int | None, typer.Option("--cascade-tokens", help="tokens judged (default 8)")] = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible HTTP API (chat, completions, streaming, metrics)."""
     from edgegen.cli.core import _resolve
@@ -71,8 +80,19 @@ def serve_cmd(
         upstream_key=upstream_key or cfg.upstream_key,
         upstream_timeout_s=cfg.upstream_timeout_s,
         ttft_deadline_s=cfg.ttft_deadline_s if ttft_deadline is None else ttft_deadline,
+        cors_origins=tuple(cors_origin or cfg.cors_origins),
+        cascade=_cascade(cfg, cascade_logprob, cascade_entropy, cascade_tokens, up_url),
     )
-    app = create_app(path, config, engine_options=options)
+    # load before listening: a file the engine cannot run is refused at start (one line, exit 2), not
+    # discovered by the first request
+    from edgegen.runtime.base import open_engine
+
+    preloaded: list = [open_engine(path, **options)]
+
+    def first_then_fresh():  # the preloaded engine once, a fresh load after that
+        return preloaded.pop() if preloaded else open_engine(path, **options)
+
+    app = create_app(first_then_fresh, config)
     def listening(url: str) -> None:
         err_console.print(f"listening on {url}", highlight=False, soft_wrap=True)
 
@@ -80,6 +100,22 @@ def serve_cmd(
         serve_forever(app, host or cfg.host, cfg.port if port is None else port, on_listening=listening)
     except OSError as exc:
         raise UserInputError(f"cannot listen on {host or cfg.host}:{port}: {exc.strerror}") from exc
+
+
+def _cascade(cfg, logprob: float | None, entropy: float | None, tokens: int | None, upstream: str | None) -> dict:
+    from edgegen.serve.cascade import CascadePolicy
+
+    logprob = cfg.cascade_min_logprob if logprob is None else logprob
+    entropy = cfg.cascade_max_entropy if entropy is None else entropy
+    if logprob is None and entropy is None:
+        return {}
+    if upstream is None:
+        raise UserInputError("--cascade-logprob/--cascade-entropy need --upstream to forward to")
+    k = cfg.cascade_tokens if tokens is None else tokens
+    if k < 1:
+        raise UserInputError("--cascade-tokens must be at least 1")
+    policy = CascadePolicy(k=k, min_mean_logprob=logprob, max_mean_entropy=entropy)
+    return {"chat": policy, "text_completion": policy}
 
 
 def register(app: typer.Typer) -> None:

@@ -6,6 +6,11 @@ bandwidth, from which it derives decode efficiency: at batch 1 decoding is bandw
 ``decode tok/s x bytes read per token / bandwidth`` says how close to the hardware limit we run.
 Bytes read per token are the weights every token touches (all matrices; the embedding table only if
 it doubles as the output matrix). This module does not change models.
+
+Speed figures follow ``rounds``: ``run_bench_many`` measures every file once per round in a fresh
+process, files interleaved (A B C A B C ...), on at most the idle cores; each figure is the median over
+rounds with its low/high and CV, ratios to the first file are taken within rounds, and the set carries
+a ``Noise`` verdict (noisy: do not conclude). ``run_bench`` is the one-file case.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.errors import EngineError
+from edgegen.evaluate.rounds import Noise, Spread, idle_cores, interleave, load_average, ratios
 from edgegen.formats.gguf_file import describe, open_reader, read_per_token, validate_gguf
 
 
@@ -42,9 +48,19 @@ class BenchReport:
     bytes_per_token: int
     mem_bandwidth_bytes_per_s: float
     decode_bandwidth_efficiency: float
+    # spread over interleaved rounds (each round a fresh process); figures above are medians
+    rounds: int = 1
+    decode_spread: dict | None = None  # Spread.to_dict(): median, low, high, cv, n (tokens/s)
+    ttft_spread: dict | None = None  # seconds
+    decode_ratio_to_first: dict | None = None  # per-round decode ratio to the set's first file (Spread)
+    noise: dict | None = None  # Noise.to_dict(): noisy, reasons, load_before, threads, cores, max_cv
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def noisy(self) -> bool:
+        return bool(self.noise and self.noise["noisy"])
 
 
 def bytes_read_per_token(path: Path) -> int:
@@ -120,17 +136,18 @@ def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_thre
 def compare_decode(
     models: Sequence[Path], *, rounds: int = 5, tokens: int = 64, threads: Sequence[int] = (1, 2),
     prompt: str = "The quick brown fox jumps over",
-) -> dict[str, dict[int, dict[str, float]]]:
+) -> dict[str, dict[int, dict]]:
     """Decode speed of several files side by side, in this process: for each thread count, every
     round decodes ``tokens`` greedy tokens with each file in turn (so a slow spell of a shared machine
-    hits them all alike) and each file keeps its best round. Per file and thread count:
-    ``cpu_ms_per_token`` (process CPU time, robust to other load at one thread: no thread waits for
-    a preempted sibling) and ``decode_tokens_per_s`` (wall clock, what a user sees)."""
+    hits them all alike). Per file and thread count: ``cpu_ms_per_token`` (process CPU time, robust to
+    other load at one thread: no thread waits for a preempted sibling) and ``decode_tokens_per_s``
+    (wall clock, what a user sees) as the best round (kept for the speed model), plus ``cpu_spread`` /
+    ``decode_spread`` (``rounds.Spread``: median, low, high, CV) and the per-round lists
+    ``*_rounds``, so ratios can be taken within rounds."""
     from edgegen.runtime.engine import Engine, SamplingParams
 
     params = SamplingParams.greedy(tokens, ignore_eos=True)
-    out = {str(m): {n: {"cpu_ms_per_token": float("inf"), "decode_tokens_per_s": 0.0} for n in threads}
-           for m in models}
+    raw = {str(m): {n: {"cpu": [], "tps": []} for n in threads} for m in models}
     for n in threads:
         engines = [Engine(m, n_ctx=tokens + 32, n_threads=n) for m in models]
         try:
@@ -140,13 +157,74 @@ def compare_decode(
                     engine.complete(ids, SamplingParams.greedy(1))  # warm
                     c0 = time.process_time()
                     c = engine.complete(ids, params)
-                    best = out[str(m)][n]
-                    best["cpu_ms_per_token"] = min(
-                        best["cpu_ms_per_token"], 1e3 * (time.process_time() - c0) / max(1, c.completion_tokens))
-                    best["decode_tokens_per_s"] = max(best["decode_tokens_per_s"], c.decode_tokens_per_s)
+                    raw[str(m)][n]["cpu"].append(1e3 * (time.process_time() - c0) / max(1, c.completion_tokens))
+                    raw[str(m)][n]["tps"].append(c.decode_tokens_per_s)
         finally:
             for engine in engines:
                 engine.close()
+    out: dict[str, dict[int, dict]] = {}
+    for m, per in raw.items():
+        out[m] = {}
+        for n, r in per.items():
+            out[m][n] = {"cpu_ms_per_token": min(r["cpu"]), "decode_tokens_per_s": max(r["tps"]),
+                         "cpu_spread": Spread.of(r["cpu"]).to_dict(), "decode_spread": Spread.of(r["tps"]).to_dict(),
+                         "cpu_ms_per_token_rounds": r["cpu"], "decode_tokens_per_s_rounds": r["tps"]}
+    return out
+
+
+def _run_child(model: Path, prompt_tokens: int, gen_tokens: int, repeats: int, threads: int) -> dict:
+    args = json.dumps([str(model), prompt_tokens, gen_tokens, repeats, threads])
+    code = ("import json, sys; from edgegen.evaluate.bench import _child; "
+            "print(json.dumps(_child(*json.loads(sys.argv[1]))))")
+    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EngineError(f"benchmark of {model} failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench_many(
+    models: Sequence[Path],
+    *,
+    prompt_tokens: int = 256,
+    gen_tokens: int = 128,
+    repeats: int = 1,
+    rounds: int = 3,
+    n_threads: int | None = None,
+    bandwidth: float | None = None,
+) -> list[BenchReport]:
+    """One ``BenchReport`` per model, from ``rounds`` interleaved rounds (see the module docstring).
+    Threads: ``n_threads`` (default: physical cores), capped at the cores idle before the run."""
+    from edgegen.runtime.engine import default_threads
+
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    for m in models:
+        validate_gguf(m)
+    cores = default_threads()
+    load_before = load_average()
+    threads = min(n_threads or cores, idle_cores(cores, load_before))
+    labels = [str(m) for m in models]
+    raw = interleave(labels, lambda m: _run_child(Path(m), prompt_tokens, gen_tokens, repeats, threads), rounds)
+    bw = bandwidth or measure_bandwidth(threads)
+    decode = {m: Spread.of(raw[m]["decode_tokens_per_s"]) for m in labels}
+    ttft = {m: Spread.of(raw[m]["ttft_s"]) for m in labels}
+    noise = Noise(load_before=load_before, threads=threads, cores=cores,
+                  max_cv=max(max(d.cv for d in decode.values()), max(t.cv for t in ttft.values())))
+    first = raw[labels[0]]["decode_tokens_per_s"]
+    out = []
+    for m in labels:
+        per_token = bytes_read_per_token(Path(m))
+        d, t = decode[m], ttft[m]
+        out.append(BenchReport(
+            model=m, file_bytes=describe(Path(m)).file_bytes, n_threads=threads, prompt_tokens=prompt_tokens,
+            gen_tokens=gen_tokens, repeats=repeats,
+            load_s=round(statistics.median(raw[m]["load_s"]), 4), ttft_s=round(t.median, 4),
+            prefill_tokens_per_s=round(prompt_tokens / t.median, 2), decode_tokens_per_s=round(d.median, 2),
+            peak_rss_bytes=int(max(raw[m]["peak_rss_bytes"])), bytes_per_token=per_token,
+            mem_bandwidth_bytes_per_s=round(bw), decode_bandwidth_efficiency=round(d.median * per_token / bw, 4),
+            rounds=rounds, decode_spread=d.to_dict(), ttft_spread=t.to_dict(),
+            decode_ratio_to_first=ratios(first, raw[m]["decode_tokens_per_s"]).to_dict(), noise=noise.to_dict()))
     return out
 
 
@@ -155,37 +233,11 @@ def run_bench(
     *,
     prompt_tokens: int = 256,
     gen_tokens: int = 128,
-    repeats: int = 3,
+    repeats: int = 1,
+    rounds: int = 3,
     n_threads: int | None = None,
     bandwidth: float | None = None,
 ) -> BenchReport:
-    from edgegen.runtime.engine import default_threads
-
-    validate_gguf(model)
-    threads = n_threads or default_threads()
-    args = json.dumps([str(model), prompt_tokens, gen_tokens, repeats, threads])
-    code = ("import json, sys; from edgegen.evaluate.bench import _child; "
-            "print(json.dumps(_child(*json.loads(sys.argv[1]))))")
-    proc = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EngineError(f"benchmark of {model} failed: {tail}")
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
-    bw = bandwidth or measure_bandwidth(threads)
-    per_token = bytes_read_per_token(model)
-    return BenchReport(
-        model=str(model),
-        file_bytes=describe(model).file_bytes,
-        n_threads=threads,
-        prompt_tokens=prompt_tokens,
-        gen_tokens=gen_tokens,
-        repeats=repeats,
-        load_s=round(raw["load_s"], 4),
-        ttft_s=round(raw["ttft_s"], 4),
-        prefill_tokens_per_s=round(prompt_tokens / raw["ttft_s"], 2),
-        decode_tokens_per_s=round(raw["decode_tokens_per_s"], 2),
-        peak_rss_bytes=int(raw["peak_rss_bytes"]),
-        bytes_per_token=per_token,
-        mem_bandwidth_bytes_per_s=round(bw),
-        decode_bandwidth_efficiency=round(raw["decode_tokens_per_s"] * per_token / bw, 4),
-    )
+    """``run_bench_many`` of one file: medians and spread over ``rounds`` fresh processes."""
+    return run_bench_many([model], prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats,
+                          rounds=rounds, n_threads=n_threads, bandwidth=bandwidth)[0]

@@ -1,6 +1,6 @@
 """``convert_model``: a Hugging Face Llama-family folder, or a quantized GGUF, to an F16/F32 GGUF.
 
-    convert_model(src, out, dtype="f16", progress=None) -> out
+    convert_model(src, out, dtype="f16", progress=None, bad_template=BadTemplate.REFUSE) -> out
 
 ``src`` a folder (config.json + *.safetensors + tokenizer files): the weights are mapped onto
 llama.cpp's tensor names (``hf_llama``: llama, mistral, qwen2), the tokenizer exported
@@ -14,13 +14,16 @@ tied (no ``output.weight``: llama.cpp reuses ``token_embd``).
 Errors (all ``UserInputError`` subclasses, one sentence each): a missing ``src`` ->
 ModelNotFoundError; a folder without config.json, a truncated or non-GGUF file -> InvalidModelError;
 an architecture or tokenizer we do not map -> UnsupportedArchitectureError; an output that is a
-directory, under a read-only folder, or the source itself -> OutputError. The output is written
+directory, under a read-only folder, or the source itself -> OutputError; a chat template that does not
+compile -> ChatTemplateError, unless ``bad_template=BadTemplate.DROP``, which leaves it out with a
+logged warning (the model then chats through a plain transcript). The output is written
 atomically (``gguf_write``): a failed conversion never leaves a file at ``out``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,19 +31,22 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.errors import InvalidModelError, ModelNotFoundError, OutputError, UserInputError
+from edgegen.errors import ChatTemplateError, InvalidModelError, ModelNotFoundError, OutputError, UserInputError
 from edgegen.formats import dequant, hf_llama, tokenizer
+from edgegen.formats.chat_template import BadTemplate, template_error
 from edgegen.formats.gguf_file import field_value, validate_gguf
 from edgegen.formats.gguf_write import PlannedTensor, write_gguf
 from edgegen.formats.hf_folder import FLOAT_DTYPES, index_tensors, read_json
 
-__all__ = ["convert_model", "DTYPES"]
+__all__ = ["convert_model", "DTYPES", "BadTemplate"]
+log = logging.getLogger(__name__)
 
 DTYPES = ("f16", "f32")
 Progress = Callable[[int, int], None]
 
 
-def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progress | None = None) -> Path:
+def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progress | None = None,
+                  bad_template: BadTemplate = BadTemplate.REFUSE) -> Path:
     """Convert ``src`` (HF folder or GGUF file) to an F16/F32 GGUF at ``out``; returns ``out``."""
     if dtype not in DTYPES:
         raise UserInputError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
@@ -52,8 +58,20 @@ def convert_model(src: Path, out: Path, *, dtype: str = "f16", progress: Progres
     if out.exists() and out.resolve() == src.resolve():
         raise OutputError(f"the output {out} is the source itself; choose another file name")
     if src.is_dir():
-        return _convert_hf_folder(src, out, dtype, progress)
-    return _dequantize_gguf(src, out, dtype, progress)
+        return _convert_hf_folder(src, out, dtype, progress, bad_template)
+    return _dequantize_gguf(src, out, dtype, progress, bad_template)
+
+
+def _template_ok(src: Path, template: Any, policy: BadTemplate) -> bool:
+    """True to keep ``template``; False to drop it; raises ``ChatTemplateError`` to refuse."""
+    err = template_error(template)
+    if err is None:
+        return True
+    if policy is BadTemplate.REFUSE:
+        raise ChatTemplateError(f"the chat template of {src} does not compile ({err}); convert with "
+                                "--bad-template drop to leave it out")
+    log.warning("dropped the chat template of %s, which does not compile (%s)", src, err)
+    return False
 
 
 # ---- GGUF -> F16/F32 GGUF ----------------------------------------------------------------------
@@ -72,13 +90,16 @@ def cached_reference(src: Path, home: Path, dtype: str = "f16") -> Path:
     return out
 
 
-def _dequantize_gguf(src: Path, out: Path, dtype: str, progress: Progress | None) -> Path:
+def _dequantize_gguf(src: Path, out: Path, dtype: str, progress: Progress | None,
+                     bad_template: BadTemplate = BadTemplate.REFUSE) -> Path:
     reader = validate_gguf(src)  # the reader it opened: the file is parsed once
     arch = field_value(reader, "general.architecture")
     if not arch:
         raise InvalidModelError(f"{src} has no general.architecture; it is not a model GGUF")
     plan = dequant.plan_tensors(reader, dtype)
-    add_metadata = dequant.metadata_copier(reader, dequant.file_type_for(dtype))
+    skip = frozenset(k for k in reader.fields if k.startswith("tokenizer.chat_template")
+                     and not _template_ok(src, field_value(reader, k), bad_template))
+    add_metadata = dequant.metadata_copier(reader, dequant.file_type_for(dtype), skip)
     return write_gguf(out, str(arch), add_metadata, plan, progress)
 
 
@@ -112,7 +133,8 @@ def _check_shape(name: str, shape: tuple[int, ...], hp: hf_llama.LlamaHParams) -
         raise InvalidModelError(f"tensor {name} has shape {shape}; config.json implies {want}")
 
 
-def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | None) -> Path:
+def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | None,
+                       bad_template: BadTemplate = BadTemplate.REFUSE) -> Path:
     cfg_path = src / "config.json"
     if not cfg_path.exists():
         raise InvalidModelError(f"{src} has no config.json, so it is not a Hugging Face model folder")
@@ -124,6 +146,8 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
         raise InvalidModelError(f"{src} has no 2-D model.embed_tokens.weight tensor")
     hp = dataclasses.replace(hp, vocab_size=embd.shape[0])  # the embedding rows are the truth
     vocab = tokenizer.load_vocab(src, cfg, hp.vocab_size)
+    if vocab.chat_template and not _template_ok(src, vocab.chat_template, bad_template):
+        vocab.chat_template = None
 
     want = np.float16 if dtype == "f16" else np.float32
     plan: list[PlannedTensor] = []

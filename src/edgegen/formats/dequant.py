@@ -34,8 +34,9 @@ def _value(reader_field: Any, vtype: Any, index: int) -> Any:
     return part[0].item()
 
 
-def metadata_copier(reader: Any, file_type: int):
-    """A callback that writes the source's metadata (see the module docstring) into a GGUFWriter."""
+def metadata_copier(reader: Any, file_type: int, skip: frozenset[str] = frozenset()):
+    """A callback that writes the source's metadata (see the module docstring) into a GGUFWriter;
+    keys in ``skip`` are left out."""
     import gguf
 
     if reader.fields.get("split.count") is not None and int(reader.fields["split.count"].contents()) > 1:
@@ -43,7 +44,7 @@ def metadata_copier(reader: Any, file_type: int):
 
     def add(writer: Any) -> None:
         for key, f in reader.fields.items():
-            if key.startswith("GGUF.") or key in _SKIP_KEYS:
+            if key.startswith("GGUF.") or key in _SKIP_KEYS or key in skip:
                 continue
             vtype = f.types[0]
             if vtype == gguf.GGUFValueType.ARRAY:

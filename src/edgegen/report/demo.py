@@ -21,6 +21,13 @@ from edgegen.errors import OutputError
 
 CHAT_PROMPT = "What is the capital of France?"
 EVAL_CHUNKS = 8
+SPEED_ROUNDS = 3  # interleaved rounds per variant (each a fresh process)
+
+
+def _speed(b: Any) -> dict[str, Any]:
+    """The spread figures of one BenchReport that the report and plot show."""
+    return {"decode_spread": b.decode_spread, "ttft_spread": b.ttft_spread,
+            "decode_ratio_to_anchor": b.decode_ratio_to_first}
 
 
 def _compress_ours(ref: Path, out: Path, anchor: Path, calib: Path, log: Callable[[str], None]) -> Path | None:
@@ -40,7 +47,8 @@ def _compress_ours(ref: Path, out: Path, anchor: Path, calib: Path, log: Callabl
 def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, with_edgegen: bool = True,
              log: Callable[[str], None] = lambda _m: None) -> Path:
     """``with_edgegen=False`` compares llama.cpp's quantizer alone (no torch needed, a few minutes less)."""
-    from edgegen.evaluate.bench import measure_bandwidth, run_bench
+    from edgegen.evaluate.bench import measure_bandwidth, run_bench_many
+    from edgegen.evaluate.rounds import idle_cores
     from edgegen.evaluate.quality import evaluate_many
     from edgegen.formats.convert import convert_model
     from edgegen.hub.sources import DEFAULT_MODEL, pull
@@ -87,10 +95,14 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
     quality = evaluate_many(list(variants.values()), ref, text, max_chunks=EVAL_CHUNKS)
 
     log("[5/6] benchmarking")
-    threads = settings.engine.n_threads or default_threads()
+    # interleaved rounds on at most the idle cores; the anchor first, so every ratio is to it
+    threads = min(settings.engine.n_threads or default_threads(), idle_cores())
     bw = measure_bandwidth(threads)
-    benches = {label: run_bench(path, n_threads=threads, bandwidth=bw) for label, path in
-               [("reference F16", ref), *variants.items()]}
+    order = [("llama.cpp Q4_K_M", anchor), ("reference F16", ref),
+             *[(k, v) for k, v in variants.items() if k != "llama.cpp Q4_K_M"]]
+    measured = run_bench_many([p for _, p in order], n_threads=threads, bandwidth=bw, rounds=SPEED_ROUNDS)
+    benches = {label: b for (label, _), b in zip(order, measured)}
+    threads = measured[0].n_threads
 
     log("[6/6] chatting with every variant (greedy)")
     answers, first = {}, {}
@@ -107,18 +119,20 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
             "file_bytes", "bits_per_weight", "ppl", "kl_mean", "kl_stderr", "kl_p99", "top1_agreement")},
             "decode_tokens_per_s": b.decode_tokens_per_s, "prefill_tokens_per_s": b.prefill_tokens_per_s,
             "ttft_s": b.ttft_s, "peak_rss_bytes": b.peak_rss_bytes,
-            "decode_bandwidth_efficiency": b.decode_bandwidth_efficiency})
+            "decode_bandwidth_efficiency": b.decode_bandwidth_efficiency, **_speed(b)})
     rb = benches["reference F16"]
     rows.insert(0, {"label": "reference F16", "path": str(ref), "file_bytes": rb.file_bytes,
                     "bits_per_weight": None, "ppl": quality[0].ppl_ref, "kl_mean": 0.0, "kl_stderr": 0.0,
                     "kl_p99": 0.0, "top1_agreement": 1.0, "decode_tokens_per_s": rb.decode_tokens_per_s,
                     "prefill_tokens_per_s": rb.prefill_tokens_per_s, "ttft_s": rb.ttft_s,
                     "peak_rss_bytes": rb.peak_rss_bytes,
-                    "decode_bandwidth_efficiency": rb.decode_bandwidth_efficiency})
-    plot = plot_size_quality_speed(rows, out / "size_quality_speed.png")
+                    "decode_bandwidth_efficiency": rb.decode_bandwidth_efficiency, **_speed(rb)})
+    noise = measured[0].noise
+    plot = plot_size_quality_speed(rows, out / "size_quality_speed.png", noise=noise, baseline="llama.cpp Q4_K_M")
     data = {"source": str(source), "reference": str(ref), "eval_text": str(text),
             "eval_chunks": quality[0].n_chunks, "tokens_scored": quality[0].n_tokens_scored,
             "mem_bandwidth_bytes_per_s": round(bw), "threads": threads, "machine": platform.machine(),
+            "speed_rounds": SPEED_ROUNDS, "speed_noise": noise,
             "chat": {"prompt": CHAT_PROMPT, "answers": answers, "first_token_top3": first},
             "variants": rows, "elapsed_s": round(time.perf_counter() - t_start, 1)}
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -138,6 +152,35 @@ def _first_token_odds(engine: Any, messages: list[dict[str, str]], k: int = 3) -
     return [(engine.detokenize([int(t)]), round(float(p[t]), 4)) for t in top]
 
 
+def _speed_note(d: dict) -> list[str]:
+    noise = d.get("speed_noise") or {}
+    head = (f"Speed: {d.get('speed_rounds', 1)} interleaved rounds per variant (fresh process each), "
+            f"{d['threads']} of {noise.get('cores', '?')} cores, load average {noise.get('load_before', 0):.2f} "
+            "before the run; figures are medians with their range.")
+    if noise.get("noisy"):
+        return [head, "", "**Noisy: the machine was too busy to compare speeds; no speed difference is claimed** "
+                f"({'; '.join(noise.get('reasons', []))})."]
+    return [head, "A ratio marked ≈ is within the spread: no difference is claimed."]
+
+
+def _spread_text(r: dict) -> str:
+    s = r.get("decode_spread")
+    return f"{s['median']:.1f} [{s['low']:.1f}-{s['high']:.1f}]" if s else f"{r['decode_tokens_per_s']:.1f}"
+
+
+def _ratio_text(r: dict, d: dict) -> str:
+    from edgegen.evaluate.rounds import Noise, Spread, supported
+
+    raw = r.get("decode_ratio_to_anchor")
+    noise = d.get("speed_noise")
+    if not raw or not noise:
+        return "-"
+    ratio = Spread(**raw)
+    n = Noise(**{k: noise[k] for k in ("load_before", "threads", "cores", "max_cv", "cv_threshold")})
+    mark = "" if supported(ratio, n) else "≈ "
+    return f"{mark}{ratio.median:.2f}x [{ratio.low:.2f}-{ratio.high:.2f}]"
+
+
 def _markdown(d: dict, plot_name: str) -> str:
     lines = [
         "# edgegen report",
@@ -147,16 +190,18 @@ def _markdown(d: dict, plot_name: str) -> str:
         "as llama-perplexity --kl-divergence); speed at batch 1 with "
         f"{d['threads']} threads; read bandwidth {d['mem_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s.",
         "",
-        "| variant | size (MiB) | bpw | PPL | mean KL | KL p99 | top-1 | decode tok/s | prefill tok/s | TTFT s "
-        "| peak RSS (MiB) | bw. eff. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_speed_note(d),
+        "",
+        "| variant | size (MiB) | bpw | PPL | mean KL | KL p99 | top-1 | decode tok/s (median [low-high]) "
+        "| decode vs Q4_K_M (same rounds) | prefill tok/s | TTFT s | peak RSS (MiB) | bw. eff. |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in d["variants"]:
         bpw = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] else "16"
         lines.append(
             f"| {r['label']} | {r['file_bytes'] / 2**20:.1f} | {bpw} | {r['ppl']:.3f} | {r['kl_mean']:.4f} "
             f"± {r['kl_stderr']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1_agreement']:.1f}% | "
-            f"{r['decode_tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.0f} | {r['ttft_s']:.3f} | "
+            f"{_spread_text(r)} | {_ratio_text(r, d)} | {r['prefill_tokens_per_s']:.0f} | {r['ttft_s']:.3f} | "
             f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['decode_bandwidth_efficiency']:.2f} |")
     c = d["chat"]
     lines += ["", f"![size, quality and speed]({plot_name})", "", "## Chat", "",

@@ -7,6 +7,9 @@
     chat_prompt(messages)       -> the model's own chat template applied to messages
     logits(tokens)              -> [n_tokens, n_vocab] float32, a fresh context each call (for eval)
 
+Sampling state belongs to one call: the seed (drawn fresh from ``seed_source`` when a call names
+none), temperature, top-p, stops and grammar of a call never reach the next one.
+
 An Engine is not thread-safe: one context, one caller at a time (the server serialises). Closing the
 stream generator (e.g. when an HTTP client disconnects) stops generation at the next token.
 This module does not download, convert or quantize anything.
@@ -18,6 +21,7 @@ import codecs
 import ctypes
 import logging
 import os
+import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.errors import ContextOverflowError, EngineError
+from edgegen.errors import ChatTemplateError, ContextOverflowError, EngineError, InvalidModelError
 from edgegen.formats.gguf_file import context_length, validate_gguf
 from edgegen.runtime.stops import StopFilter
 
@@ -45,6 +49,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     logprobs: bool = False  # compute each sampled token's log-probability (costs a softmax per token)
     ignore_eos: bool = False  # benchmarks: keep decoding past end-of-generation tokens
+    top_logprobs: int = 0  # also report this many likeliest alternatives per token (implies logprobs)
+    grammar: str | None = None  # GBNF text (llama.cpp grammar) the output must match; this call only
 
     @classmethod
     def greedy(cls, max_tokens: int = 256, **kw: Any) -> SamplingParams:
@@ -56,6 +62,8 @@ class Token:
     id: int
     text: str  # the new text this token adds (may be "" while a UTF-8 sequence or stop prefix is pending)
     logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()  # the likeliest (token id, logprob) pairs, best first
+    entropy: float | None = None  # of the distribution it was sampled from, in nats (with logprobs)
 
 
 @dataclass
@@ -84,6 +92,7 @@ class StreamStats:
     ttft_s: float | None = None
     total_s: float = 0.0
     token_logprobs: list[float] = field(default_factory=list)
+    seed: int | None = None  # the seed this call sampled with (drawn when the call named none)
 
 
 def default_threads() -> int:
@@ -107,10 +116,12 @@ class Engine:
         use_mmap: bool = True,
         logits_all: bool = False,
         draft: Any | None = None,
+        seed_source: random.Random | None = None,
     ) -> None:
         """``draft``: an optional llama-cpp-python draft model for speculative decoding, e.g.
         ``llama_cpp.llama_speculative.LlamaPromptLookupDecoding()`` (prompt-lookup decoding). It needs
-        logits for every position, so it implies ``logits_all`` (n_ctx x n_vocab float32 of host memory)."""
+        logits for every position, so it implies ``logits_all`` (n_ctx x n_vocab float32 of host memory).
+        ``seed_source``: where unseeded calls draw their seed (default: the OS's entropy)."""
         self.path = Path(model_path)
         logits_all = logits_all or draft is not None
         n_train = context_length(validate_gguf(self.path))
@@ -121,7 +132,7 @@ class Engine:
         self._llama_cpp = llama_cpp
         t0 = time.perf_counter()
         try:
-            self._llm = llama_cpp.Llama(
+            self._llm = _llama_class()(
                 model_path=str(self.path),
                 n_ctx=n_ctx,
                 n_threads=n_threads or default_threads(),
@@ -134,16 +145,21 @@ class Engine:
                 verbose=False,
             )
         except Exception as exc:  # llama-cpp-python raises ValueError/RuntimeError on load failures
-            raise EngineError(f"llama.cpp could not load {self.path}: {exc}") from exc
+            # the file passed validate_gguf, so llama.cpp refused its contents (damaged metadata or
+            # tensor infos, an architecture it does not run): the user's file, not our failure
+            raise InvalidModelError(f"llama.cpp could not load {self.path}: {exc}") from exc
         self.load_s = time.perf_counter() - t0
         self.n_ctx = self._llm.n_ctx()
         self.n_vocab = self._llm.n_vocab()
         self.metadata: dict[str, str] = dict(self._llm.metadata)
+        # a chat template that does not compile was set aside at load: completions still work
+        self.template_error: str | None = self._llm.template_errors.get("tokenizer.chat_template")
         self.logits_all = logits_all
         self._vocab = vocab = llama_cpp.llama_model_get_vocab(self._llm._model.model)
         self._eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._seeds = seed_source or random.SystemRandom()
         self._closed = False
 
     # ---- vocabulary ---------------------------------------------------------------------------
@@ -178,11 +194,16 @@ class Engine:
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template")
 
-    def chat_prompt(self, messages: Sequence[dict[str, str]]) -> tuple[str, tuple[str, ...]]:
-        """Render messages with the model's chat template; returns (prompt, extra stop strings)."""
+    def chat_prompt(self, messages: Sequence[dict[str, Any]], *,
+                    tools: Sequence[dict[str, Any]] | None = None) -> tuple[str, tuple[str, ...]]:
+        """Render messages with the model's chat template; returns (prompt, extra stop strings).
+        ``tools`` (OpenAI's shape) reach the template as its ``tools`` variable."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = self.chat_template
+        if not template and self.template_error:
+            raise ChatTemplateError(f"the model's chat template does not compile ({self.template_error}); "
+                                    "completions still work")
         if not template:
             # No template in the file: a plain transcript the base model can continue.
             lines = [f"{m['role']}: {m['content']}" for m in messages]
@@ -190,7 +211,7 @@ class Engine:
         eos = self._piece(self.eos_id)
         bos = self._piece(self.bos_id)
         fmt = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
-        resp = fmt(messages=list(messages))
+        resp = fmt(messages=list(messages), tools=list(tools) if tools else None)
         stops = resp.stop if isinstance(resp.stop, list) else ([resp.stop] if resp.stop else [])
         return resp.prompt, tuple(s for s in stops if s)
 
@@ -220,8 +241,13 @@ class Engine:
         tokens = self._prepare(prompt, params.max_tokens)
         stats.prompt_tokens = len(tokens)
         budget = min(params.max_tokens, self.n_ctx - len(tokens))
-        if params.seed is not None:
-            self._llm.set_seed(params.seed)
+        # llama-cpp-python keeps the last seed on the Llama object: set one for every call, so a seeded
+        # call never fixes the output of the unseeded calls after it (0xFFFFFFFF means "random" to llama.cpp).
+        seed = params.seed if params.seed is not None else self._seeds.randrange(0xFFFFFFFF)
+        self._llm.set_seed(seed)
+        stats.seed = seed
+        want_top = params.top_logprobs
+        want_lp = params.logprobs or want_top > 0
         greedy = params.temperature <= 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(params.stop)
@@ -238,6 +264,7 @@ class Engine:
             temp=0.0 if greedy else params.temperature,
             repeat_penalty=params.repeat_penalty,
             reset=True,
+            grammar=self._grammar(params.grammar) if params.grammar else None,
         )
         try:
             piece_of = self._token_bytes
@@ -248,16 +275,16 @@ class Engine:
                     stats.finish_reason = "stop"
                     break
                 stats.completion_tokens += 1
-                lp = self._last_logprob(tok) if params.logprobs else None
+                lp, top, ent = self._last_logprobs(tok, want_top) if want_lp else (None, (), None)
                 if lp is not None:
                     stats.token_logprobs.append(lp)
                 text = stops.push(decoder.decode(piece_of(tok)))
                 if stops.stopped:
                     stats.finish_reason = "stop"
                     if text:
-                        yield Token(tok, text, lp)
+                        yield Token(tok, text, lp, top, ent)
                     break
-                yield Token(tok, text, lp)
+                yield Token(tok, text, lp, top, ent)
                 if stats.completion_tokens >= budget:
                     break
             tail = stops.flush() + decoder.decode(b"", final=True)
@@ -298,7 +325,10 @@ class Engine:
         tokens, stops = self.chat_tokens(messages)
         return self.stream(tokens, _with_stops(params, stops), stats)
 
-    def _last_logprob(self, tok: int) -> float:
+    def _last_logprobs(self, tok: int, k: int = 0) -> tuple[float, tuple[tuple[int, float], ...], float]:
+        """log p(tok) under the model's raw distribution (before grammar, top-k/p and temperature, as
+        OpenAI reports them), the ``k`` likeliest (id, logprob) pairs, best first, and the
+        distribution's entropy in nats."""
         # The logits ``tok`` was sampled from are still the context's last row: llama-cpp-python
         # 0.3 keeps ``scores`` only with logits_all=True, so read them from the context itself.
         import llama_cpp
@@ -306,7 +336,24 @@ class Engine:
         ptr = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
         row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
         m = float(row.max())
-        return float(row[tok] - m - np.log(np.exp(row - m).sum()))
+        logz = m + float(np.log(np.exp(row - m).sum()))
+        top: tuple[tuple[int, float], ...] = ()
+        if k > 0:
+            best = np.argpartition(-row, k - 1)[:k] if k < self.n_vocab else np.arange(self.n_vocab)
+            best = best[np.argsort(-row[best], kind="stable")]
+            top = tuple((int(i), float(row[i] - logz)) for i in best)
+        logp = row - logz
+        entropy = float(-(np.exp(logp) * logp).sum())
+        return float(row[tok] - logz), top, entropy
+
+    def _grammar(self, gbnf: str) -> Any:
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def token_bytes(self, tok: int) -> bytes:
+        """The bytes token ``tok`` adds to the text (b"" for special tokens): for logprobs' ``bytes``."""
+        return self._token_bytes(tok) if tok >= 0 else b""
 
     def reset(self) -> None:
         """Forget the cached prompt prefix so the next call evaluates its prompt from scratch."""
@@ -339,6 +386,44 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_LLAMA_CLASS: Any = None
+
+
+def _llama_class() -> Any:
+    """``llama_cpp.Llama``, except that chat templates that do not compile are set aside (in
+    ``template_errors``, by metadata key) instead of failing the whole load: ``Llama.__init__``
+    compiles every template it finds in ``metadata``, which it assigns once, so the subclass filters
+    that assignment."""
+    global _LLAMA_CLASS
+    if _LLAMA_CLASS is None:
+        import llama_cpp
+
+        from edgegen.formats.chat_template import template_error
+
+        class _Llama(llama_cpp.Llama):  # type: ignore[misc]
+            template_errors: dict[str, str]
+
+            @property
+            def metadata(self) -> dict[str, str]:
+                return self._edgegen_metadata
+
+            @metadata.setter
+            def metadata(self, value: dict[str, str]) -> None:
+                self.template_errors = {}
+                kept = {}
+                for key, text in value.items():
+                    err = template_error(text) if key.startswith("tokenizer.chat_template") else None
+                    if err:
+                        log.info("%s does not compile, set aside: %s", key, err)
+                        self.template_errors[key] = err
+                    else:
+                        kept[key] = text
+                self._edgegen_metadata = kept
+
+        _LLAMA_CLASS = _Llama
+    return _LLAMA_CLASS
 
 
 def _with_stops(params: SamplingParams, extra: tuple[str, ...]) -> SamplingParams:

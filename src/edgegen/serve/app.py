@@ -1,6 +1,7 @@
 """The FastAPI application: OpenAI-compatible routes over an ``EdgeServer``.
 
     POST /v1/chat/completions   POST /v1/completions   (JSON or SSE with "stream": true)
+    POST /v1/responses          (OpenAI's Responses API: text in/out, instructions, streaming events)
     GET  /v1/models             GET  /metrics (Prometheus text)
     GET  /health                (no key; 200 ready, 503 loading or failed)
     GET  /openapi.json          (no key; the API is public knowledge, the keys are not)
@@ -9,6 +10,10 @@
 factory returning an ``Engine``; loading starts in the background when the app starts, so the port
 answers (``/health`` 503) while the model loads. ``app.state.server`` is the ``EdgeServer``
 (``await app.state.server.swap_engine(engine)`` replaces the model without dropping requests).
+
+With ``config.cors_origins`` set, browsers on those origins may call the API: CORS preflight
+(``OPTIONS``) is answered before the key check (a browser sends no credentials on preflight), the
+actual request still needs its key.
 
 Every error leaves in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: validation
 failures are 400 (not FastAPI's 422), a missing or wrong key 401, unknown routes 404.
@@ -26,6 +31,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
@@ -33,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgegen.runtime.engine import Engine
 from edgegen.serve import metrics as metrics_mod
+from edgegen.serve.responses import ResponsesRequest
 from edgegen.serve.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -128,6 +135,12 @@ def create_app(model: str | Path | Callable[[], Engine] | None, config: ServerCo
     app = FastAPI(title="edgegen edge server", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
     app.add_middleware(_Gatekeeper, server=server)
+    if config.cors_origins:  # added last, so it runs first: preflights never reach the key check
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], max_age=600,
+                           expose_headers=[ROUTE_HEADER, "x-edgegen-fallback", "retry-after"])
     _install_error_handlers(app)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
@@ -153,6 +166,15 @@ def create_app(model: str | Path | Callable[[], Engine] | None, config: ServerCo
     @app.post("/v1/completions", response_model=TextCompletion, responses={**_ERRORS, 200: {"content": _SSE}})
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await server.generate(request, body)
+
+    @app.post("/v1/responses", responses={**_ERRORS, 200: {"content": _SSE}})
+    async def responses(body: ResponsesRequest, request: Request) -> Response:
+        try:
+            chat = body.to_chat()
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
+            return error_response(400, f"text.format: {first.get('msg')}", param="text.format")
+        return await server.generate(request, chat, responses=body)
 
     return app
 

@@ -64,21 +64,20 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 # ---- whole responses ----------------------------------------------------------------------------
 
 
-def chat_completion(id_: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+def chat_completion(id_: str, model: str, choices: list[dict[str, Any]], prompt_tokens: int,
                     completion_tokens: int) -> dict[str, Any]:
+    """``choices``: OpenAI chat choices (index, message, finish_reason, logprobs)."""
     return {
-        "id": id_, "object": "chat.completion", "created": now(), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": finish_reason, "logprobs": None}],
+        "id": id_, "object": "chat.completion", "created": now(), "model": model, "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
-def text_completion(id_: str, model: str, text: str, finish_reason: str, prompt_tokens: int,
+def text_completion(id_: str, model: str, choices: list[dict[str, Any]], prompt_tokens: int,
                     completion_tokens: int) -> dict[str, Any]:
+    """``choices``: OpenAI completion choices (index, text, finish_reason, logprobs)."""
     return {
-        "id": id_, "object": "text_completion", "created": now(), "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}],
+        "id": id_, "object": "text_completion", "created": now(), "model": model, "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
@@ -103,21 +102,29 @@ class ChunkWriter:
             body["usage"] = usage_
         return sse(body)
 
-    def role(self) -> bytes:
-        """The opening chunk of a chat stream: the assistant role with empty content."""
-        return self._chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
+    def role(self, index: int = 0) -> bytes:
+        """The opening chunk of a chat choice: the assistant role with empty content."""
+        return self._chunk({"index": index, "delta": {"role": "assistant", "content": ""},
                             "finish_reason": None, "logprobs": None})
 
-    def text(self, piece: str) -> bytes:
+    def text(self, piece: str, index: int = 0, logprobs: dict[str, Any] | None = None) -> bytes:
         if self.chat:
-            return self._chunk({"index": 0, "delta": {"content": piece}, "finish_reason": None,
-                                "logprobs": None})
-        return self._chunk({"index": 0, "text": piece, "finish_reason": None, "logprobs": None})
+            return self._chunk({"index": index, "delta": {"content": piece}, "finish_reason": None,
+                                "logprobs": logprobs})
+        return self._chunk({"index": index, "text": piece, "finish_reason": None, "logprobs": logprobs})
 
-    def finish(self, reason: str) -> bytes:
+    def tool_call(self, call: dict[str, Any], index: int = 0) -> list[bytes]:
+        """A whole tool call as the deltas OpenAI streams: id, type and name first, then the arguments."""
+        head = {"index": 0, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        args = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+        return [self._chunk({"index": index, "delta": {"tool_calls": [d]}, "finish_reason": None,
+                             "logprobs": None}) for d in (head, args)]
+
+    def finish(self, reason: str, index: int = 0) -> bytes:
         if self.chat:
-            return self._chunk({"index": 0, "delta": {}, "finish_reason": reason, "logprobs": None})
-        return self._chunk({"index": 0, "text": "", "finish_reason": reason, "logprobs": None})
+            return self._chunk({"index": index, "delta": {}, "finish_reason": reason, "logprobs": None})
+        return self._chunk({"index": index, "text": "", "finish_reason": reason, "logprobs": None})
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         """The extra final chunk sent when ``stream_options.include_usage`` is set: no choices."""

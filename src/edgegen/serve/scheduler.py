@@ -105,6 +105,7 @@ class Ticket:
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)  # set at the first event (token/end/error)
     _cancel: threading.Event = field(default_factory=threading.Event)
+    _ended: bool = False  # the end marker was consumed (by ``get`` or iteration)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -131,10 +132,25 @@ class Ticket:
             return False
         return True
 
+    async def get(self, timeout: float | None = None) -> object | None:
+        """The next item, or None once the generation has ended; ``asyncio.TimeoutError`` if nothing
+        arrives within ``timeout`` (nothing is lost: a later ``get`` or iteration resumes). Generation
+        errors are raised. Iterating the ticket afterwards continues from here."""
+        if self._ended:
+            return None
+        item = await asyncio.wait_for(self._events.get(), timeout)
+        if item is _END:
+            self._ended = True
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     async def __aiter__(self) -> AsyncIterator[Token]:
-        while True:
+        while not self._ended:
             item = await self._events.get()
             if item is _END:
+                self._ended = True
                 return
             if isinstance(item, BaseException):
                 raise item

@@ -7,6 +7,7 @@ generation request it decides who answers:
     prompt beyond the local context           -> upstream, else 400 context_length_exceeded
     queue full                                -> upstream, else 503 + Retry-After
     no first token within ttft_deadline_s     -> upstream if it answers first, else keep waiting
+    first k tokens below the cascade's bar    -> upstream (local draft discarded; see ``cascade``)
     otherwise                                 -> the device
 
 The header ``x-edgegen-route`` says which answered (``local`` or ``upstream``) and, when forwarded,
@@ -28,24 +29,28 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgegen.errors import (
+    ChatTemplateError,
     ContextOverflowError,
     EngineNotReadyError,
     InvalidRequestError,
     QueueFullError,
     UpstreamError,
 )
-from edgegen.runtime.engine import Engine, SamplingParams, StreamStats, Token
+from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
 from edgegen.serve import protocol
 from edgegen.serve.auth import ApiKeys
+from edgegen.serve.cascade import CONFIDENCE_HEADER, CascadePolicy, Confidence, decide
+from edgegen.serve.choices import Assembled, ChoiceEnd, Piece, StreamAssembler, run_choices
 from edgegen.serve.metrics import ServerMetrics
 from edgegen.serve.prompt import Prepared, prepare
+from edgegen.serve.responses import ResponseEvents, ResponsesRequest, response_body
 from edgegen.serve.scheduler import EngineSlot, Scheduler, Ticket
 from edgegen.serve.schemas import ChatCompletionRequest, CompletionRequest
 from edgegen.serve.upstream import Upstream, UpstreamResponse
@@ -53,7 +58,8 @@ from edgegen.serve.upstream import Upstream, UpstreamResponse
 log = logging.getLogger(__name__)
 
 ROUTE_HEADER = "x-edgegen-route"
-_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/models": None,
+_ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/responses": "chat",
+              "/v1/models": None,
               "/health": None, "/metrics": None}
 REASON_HEADER = "x-edgegen-fallback"
 
@@ -66,9 +72,12 @@ class _Call:
     stream: bool
     raw: bytes  # the body as received: forwarded upstream unchanged
     received: float
+    responses: bool = False  # came in on /v1/responses (forwarded to the upstream's /responses)
 
     @property
     def path(self) -> str:  # relative to the upstream's base URL
+        if self.responses:
+            return "/responses"
         return "/chat/completions" if self.chat else "/completions"
 
 
@@ -82,6 +91,9 @@ class ServerConfig:
     upstream_timeout_s: float = 60.0
     ttft_deadline_s: float | None = None  # only used with an upstream to fall back to
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; "*" for any
+    # confidence cascade per operation ("chat", "text_completion"); only with an upstream
+    cascade: dict[str, CascadePolicy] = field(default_factory=dict)
 
 
 def error_response(status: int, message: str, *, code: str | None = None, param: str | None = None,
@@ -167,9 +179,13 @@ class EdgeServer:
 
     # ---- generation ---------------------------------------------------------------------------
 
-    async def generate(self, request: Request, req: ChatCompletionRequest | CompletionRequest) -> Response:
+    async def generate(self, request: Request, req: ChatCompletionRequest | CompletionRequest,
+                       responses: ResponsesRequest | None = None) -> Response:
+        """Answer one generation request. ``responses``: the request came in on /v1/responses (``req`` is
+        its chat equivalent) and is answered in the Responses API's shape."""
         chat = isinstance(req, ChatCompletionRequest)
-        call = _Call(chat=chat, stream=req.stream, raw=await request.body(), received=time.perf_counter())
+        call = _Call(chat=chat, stream=req.stream, raw=await request.body(), received=time.perf_counter(),
+                     responses=responses is not None)
         try:
             lease = self.slot.lease()
         except EngineNotReadyError:
@@ -186,12 +202,19 @@ class EdgeServer:
         except InvalidRequestError as exc:
             lease.release()
             return error_response(400, str(exc), headers={ROUTE_HEADER: "local"})
+        except ChatTemplateError as exc:  # the model's fault, not the request's: completions still work
+            lease.release()
+            return error_response(500, str(exc), code="chat_template_error", headers={ROUTE_HEADER: "local"})
         except BaseException:
             lease.release()
             raise
 
-        def make(engine: Engine, stats: StreamStats, p: Prepared = prepared) -> Iterator[Token]:
-            return engine.stream(p.ids, p.params, stats)
+        policy = self.config.cascade.get("chat" if chat else "text_completion") if self.upstream else None
+        if policy is not None and not prepared.params.logprobs:
+            prepared = replace(prepared, params=replace(prepared.params, logprobs=True))
+
+        def make(engine: Engine, stats: StreamStats, p: Prepared = prepared) -> Iterator[Piece | ChoiceEnd]:
+            return run_choices(engine, stats, p)
 
         try:
             ticket = self.scheduler.submit(lease, make, received_at=call.received,
@@ -209,45 +232,55 @@ class EdgeServer:
                 forwarded = await self._race_deadline(call, ticket)
                 if forwarded is not None:
                     return forwarded
+            source: Any = ticket
+            if policy is not None:
+                held, conf, forwarded = await self._cascade(call, ticket, policy)
+                if forwarded is not None:
+                    return forwarded
+                source = _Replay(held, ticket)
+                prepared = replace(prepared, headers={**prepared.headers, CONFIDENCE_HEADER: conf.header()})
+            if responses is not None:
+                if req.stream:
+                    watcher.cancel()
+                    return self._stream_responses(ticket, prepared, responses, source)
+                return await self._complete_responses(ticket, prepared, responses, source)
             if req.stream:
                 watcher.cancel()  # from here the streaming response listens for disconnects itself
-                return self._stream_local(ticket, prepared, chat, req.include_usage())
-            return await self._complete_local(ticket, prepared, chat)
+                return self._stream_local(ticket, prepared, chat, req.include_usage(), lease.engine, source)
+            return await self._complete_local(ticket, prepared, chat, lease.engine, source)
         finally:
             watcher.cancel()
 
-    async def _complete_local(self, ticket: Ticket, p: Prepared, chat: bool) -> Response:
-        pieces = [p.echo] if p.echo else []
+    async def _complete_local(self, ticket: Ticket, p: Prepared, chat: bool, engine: Engine,
+                              source: Any = None) -> Response:
+        answer = Assembled(p, engine, chat)
         try:
-            async for tok in ticket:
-                pieces.append(tok.text)
+            async for item in source or ticket:
+                answer.feed(item)
         except Exception as exc:
             ticket.cancel()
             return error_response(500, f"generation failed: {exc}", headers={ROUTE_HEADER: "local"})
         s = ticket.stats
         build = protocol.chat_completion if chat else protocol.text_completion
-        body = build(protocol.new_id("chatcmpl" if chat else "cmpl"), self.config.model_id, "".join(pieces),
-                     s.finish_reason or "length", s.prompt_tokens, s.completion_tokens)
-        return JSONResponse(body, headers={ROUTE_HEADER: "local"})
+        body = build(protocol.new_id("chatcmpl" if chat else "cmpl"), self.config.model_id, answer.choices(),
+                     s.prompt_tokens, s.completion_tokens)
+        return JSONResponse(body, headers={ROUTE_HEADER: "local", **p.headers})
 
-    def _stream_local(self, ticket: Ticket, p: Prepared, chat: bool, include_usage: bool) -> StreamingResponse:
+    def _stream_local(self, ticket: Ticket, p: Prepared, chat: bool, include_usage: bool,
+                      engine: Engine, source: Any = None) -> StreamingResponse:
         writer = protocol.ChunkWriter(chat, self.config.model_id)
+        answer = StreamAssembler(writer, p, engine)
 
         async def events() -> AsyncIterator[bytes]:
             try:
-                if chat:
-                    yield writer.role()
-                if p.echo:
-                    yield writer.text(p.echo)
                 try:
-                    async for tok in ticket:
-                        if tok.text:
-                            yield writer.text(tok.text)
+                    async for item in source or ticket:
+                        for chunk in answer.feed(item):
+                            yield chunk
                 except Exception as exc:
                     yield protocol.error_sse(500, f"generation failed: {exc}")
                     return
                 s = ticket.stats
-                yield writer.finish(s.finish_reason or "length")
                 if include_usage:
                     yield writer.usage(s.prompt_tokens, s.completion_tokens)
                 yield protocol.SSE_DONE
@@ -255,7 +288,89 @@ class EdgeServer:
                 ticket.cancel()  # a no-op when finished; stops the engine when the client went away
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={ROUTE_HEADER: "local", "cache-control": "no-cache"})
+                                 headers={ROUTE_HEADER: "local", "cache-control": "no-cache", **p.headers})
+
+    async def _complete_responses(self, ticket: Ticket, p: Prepared, req: ResponsesRequest,
+                                  source: Any = None) -> Response:
+        pieces: list[str] = []
+        finish = "length"
+        try:
+            async for item in source or ticket:
+                if isinstance(item, ChoiceEnd):
+                    finish = item.finish_reason
+                else:
+                    pieces.append(item.token.text)
+        except Exception as exc:
+            ticket.cancel()
+            return error_response(500, f"generation failed: {exc}", headers={ROUTE_HEADER: "local"})
+        s = ticket.stats
+        body = response_body(protocol.new_id("resp"), req, self.config.model_id, protocol.now(), text="".join(pieces),
+                             finish_reason=finish, prompt_tokens=s.prompt_tokens,
+                             completion_tokens=s.completion_tokens, item_id=protocol.new_id("msg"))
+        return JSONResponse(body, headers={ROUTE_HEADER: "local", **p.headers})
+
+    def _stream_responses(self, ticket: Ticket, p: Prepared, req: ResponsesRequest,
+                          source: Any = None) -> StreamingResponse:
+        events = ResponseEvents(req, self.config.model_id)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                for chunk in events.start():
+                    yield chunk
+                try:
+                    async for item in source or ticket:
+                        for chunk in events.feed(item):
+                            yield chunk
+                except Exception as exc:
+                    yield protocol.error_sse(500, f"generation failed: {exc}")
+                    return
+                for chunk in events.end(ticket.stats.prompt_tokens, ticket.stats.completion_tokens):
+                    yield chunk
+            finally:
+                ticket.cancel()
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={ROUTE_HEADER: "local", "cache-control": "no-cache", **p.headers})
+
+    async def _cascade(self, call: _Call, ticket: Ticket, policy: CascadePolicy
+                       ) -> tuple[list[Any], Confidence, Response | None]:
+        """Hold back the first ``policy.k`` tokens of choice 0 (at most ``max_wait_s``), judge them, and
+        forward upstream when they fall short. Returns (held items, confidence, upstream response or None)."""
+        assert self.upstream is not None
+        held: list[Any] = []
+        lps: list[float] = []
+        ents: list[float] = []
+        deadline = time.perf_counter() + policy.max_wait_s
+        while len(lps) < policy.k:
+            try:
+                item = await ticket.get(max(0.0, deadline - time.perf_counter()))
+            except asyncio.TimeoutError:
+                break
+            except Exception:  # a generation error: let the normal path report it
+                break
+            if item is None:
+                break
+            held.append(item)
+            if isinstance(item, ChoiceEnd) and item.index == 0:
+                break
+            if isinstance(item, Piece) and item.index == 0 and item.token.logprob is not None:
+                lps.append(item.token.logprob)
+                if item.token.entropy is not None:
+                    ents.append(item.token.entropy)
+        conf = Confidence.of(lps, ents)
+        verdict = decide(conf, policy)
+        if not verdict.forward:
+            return held, conf, None
+        try:
+            up = await self.upstream.open(call.path, call.raw)
+        except UpstreamError as exc:
+            log.warning("cascade: the upstream is unreachable (%s); answering locally", exc)
+            return held, conf, None
+        ticket.cancel()
+        self.metrics.forwards.inc(reason="low_confidence")
+        resp = await self._relay(call, up, "low_confidence")
+        resp.headers[CONFIDENCE_HEADER] = f"{conf.header()}; {verdict.reason}"
+        return held, conf, resp
 
     async def _race_deadline(self, call: _Call, ticket: Ticket) -> Response | None:
         """Past the TTFT deadline, ask the upstream too; whoever produces first answers."""
@@ -369,6 +484,19 @@ def _prompt_text(req: ChatCompletionRequest | CompletionRequest) -> str:
         return users[-1] if users else ""
     prompt = req.single_prompt()
     return prompt if isinstance(prompt, str) else ""
+
+
+class _Replay:
+    """Items already taken from a ticket, then the rest of it."""
+
+    def __init__(self, held: list[Any], ticket: Ticket) -> None:
+        self.held, self.ticket = held, ticket
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        for item in self.held:
+            yield item
+        async for item in self.ticket:
+            yield item
 
 
 async def _watch_disconnect(request: Request, ticket: Ticket) -> None:

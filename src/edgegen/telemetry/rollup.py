@@ -1,11 +1,12 @@
 """Pure roll-up of telemetry events into counter increments, and their Prometheus exposition.
 
     rollup(events) -> {(model_version, counter_name): increment}
-    render_prometheus(counter_rows, stream_rows, extra) -> text format 0.0.4
+    render_prometheus(counter_rows, stream_rows, extra) -> Prometheus text (through prometheus_client)
 
 Counter names are flat strings; histogram buckets are ``<metric>_bucket:<le>`` and cumulative, as
 Prometheus expects. Time is exported in seconds. The control plane stores the increments
-(``store.py``) only for events it inserted, so every figure here counts each event once. No I/O.
+(``store.py``) only for events it inserted, so every figure here counts each event once. The exposition
+is ``prometheus_client``'s (a collector over the stored rows, in a registry per call). No I/O.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edgegen.telemetry.events import Event, TelemetryKind
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...], str]] = {
     # metric name: (event body field in ms, bucket upper bounds in seconds, help)
@@ -116,68 +120,70 @@ class StreamRow:
     rss_bytes: int | None
 
 
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Rollup:
+    """A ``prometheus_client`` collector over rows already summed by the control plane's store."""
 
+    def __init__(self, counters: Sequence[CounterRow], streams: Sequence[StreamRow],
+                 gauges: dict[str, tuple[str, float]] | None) -> None:
+        self.counters, self.streams, self.gauges = counters, streams, gauges or {}
 
-def _labels(**kw: Any) -> str:
-    return "{" + ",".join(f'{k}="{_esc(str(v))}"' for k, v in kw.items()) + "}"
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
+        base = ["device", "model_version"]
+        by_name: dict[str, list[CounterRow]] = defaultdict(list)
+        for c in self.counters:
+            by_name[c.name].append(c)
+        for name, help_ in COUNTERS.items():
+            kind = CounterMetricFamily if name.endswith("_total") else GaugeMetricFamily
+            fam = kind(PREFIX + name, help_, labels=base)
+            for c in sorted(by_name.get(name, []), key=_key):
+                fam.add_metric([c.device_id, str(c.model_version)], c.value)
+            yield fam
+        for name, (label, help_) in LABELLED.items():
+            fam = CounterMetricFamily(PREFIX + name, help_, labels=[*base, label])
+            for c in sorted((c for c in self.counters if c.name.startswith(name + ":")), key=_key):
+                fam.add_metric([c.device_id, str(c.model_version), c.name.split(":", 1)[1]], c.value)
+            yield fam
+        index = {(c.device_id, c.model_version, c.name): c.value for c in self.counters}
+        for metric, (_, bounds, help_) in HISTOGRAMS.items():
+            hist = HistogramMetricFamily(PREFIX + metric, help_, labels=base)
+            series = sorted({(c.device_id, c.model_version) for c in self.counters
+                             if c.name.startswith(metric + "_")})
+            for dev, ver in series:
+                buckets = [(_le(b), index.get((dev, ver, f"{metric}_bucket:{_le(b)}"), 0.0))
+                           for b in (*bounds, math.inf)]
+                hist.add_metric([dev, str(ver)], buckets, index.get((dev, ver, f"{metric}_sum"), 0.0))
+            yield hist
+        per_device: dict[str, list[StreamRow]] = defaultdict(list)
+        for s in self.streams:
+            per_device[s.device_id].append(s)
+        for name, attr, kind, help_ in (
+            ("telemetry_dropped_total", "dropped_total", CounterMetricFamily,
+             "Events a device spool dropped (byte bound)."),
+            ("telemetry_stored_total", "stored", CounterMetricFamily, "Telemetry events stored by the control plane."),
+            ("telemetry_duplicates_total", "duplicates", CounterMetricFamily, "Re-sent telemetry events ignored."),
+            ("device_memory_rss_bytes", "rss_bytes", GaugeMetricFamily, "Last reported resident memory of the agent."),
+        ):
+            fam = kind(PREFIX + name, help_, labels=["device"])
+            for dev in sorted(per_device):
+                vals = [getattr(s, attr) for s in per_device[dev] if getattr(s, attr) is not None]
+                if vals:
+                    fam.add_metric([dev], max(vals) if attr == "rss_bytes" else sum(vals))
+            yield fam
+        for name, (help_, value) in self.gauges.items():
+            yield GaugeMetricFamily(PREFIX + name, help_, value=value)
 
 
 def render_prometheus(counters: Sequence[CounterRow], streams: Sequence[StreamRow],
                       gauges: dict[str, tuple[str, float]] | None = None) -> str:
-    lines: list[str] = []
-    by_name: dict[str, list[CounterRow]] = defaultdict(list)
-    for c in counters:
-        by_name[c.name].append(c)
+    """The exposition text (``prometheus_client``'s format) of the stored roll-up, in a registry of its
+    own (nothing process-global)."""
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    def base(c: CounterRow) -> dict[str, Any]:
-        return {"device": c.device_id, "model_version": c.model_version}
-
-    for name, help_ in COUNTERS.items():
-        rows = by_name.get(name, [])
-        kind = "counter" if name.endswith("_total") else "gauge"
-        lines += [f"# HELP {PREFIX}{name} {help_}", f"# TYPE {PREFIX}{name} {kind}"]
-        lines += [f"{PREFIX}{name}{_labels(**base(c))} {_num(c.value)}" for c in sorted(rows, key=_key)]
-    for name, (label, help_) in LABELLED.items():
-        rows = [c for c in counters if c.name.startswith(name + ":")]
-        lines += [f"# HELP {PREFIX}{name} {help_}", f"# TYPE {PREFIX}{name} counter"]
-        for c in sorted(rows, key=_key):
-            lines.append(f"{PREFIX}{name}{_labels(**base(c), **{label: c.name.split(':', 1)[1]})} {_num(c.value)}")
-    for metric, (_, bounds, help_) in HISTOGRAMS.items():
-        lines += [f"# HELP {PREFIX}{metric} {help_}", f"# TYPE {PREFIX}{metric} histogram"]
-        series = sorted({(c.device_id, c.model_version) for c in counters if c.name.startswith(metric + "_")})
-        index = {(c.device_id, c.model_version, c.name): c.value for c in counters}
-        for dev, ver in series:
-            for bound in (*bounds, math.inf):
-                v = index.get((dev, ver, f"{metric}_bucket:{_le(bound)}"), 0.0)
-                lines.append(f"{PREFIX}{metric}_bucket{_labels(device=dev, model_version=ver, le=_le(bound))} "
-                             f"{_num(v)}")
-            for suffix in ("sum", "count"):
-                v = index.get((dev, ver, f"{metric}_{suffix}"), 0.0)
-                lines.append(f"{PREFIX}{metric}_{suffix}{_labels(device=dev, model_version=ver)} {_num(v)}")
-    per_device: dict[str, list[StreamRow]] = defaultdict(list)
-    for s in streams:
-        per_device[s.device_id].append(s)
-    for name, attr, kind, help_ in (
-        ("telemetry_dropped_total", "dropped_total", "counter", "Events a device spool dropped (byte bound)."),
-        ("telemetry_stored_total", "stored", "counter", "Telemetry events stored by the control plane."),
-        ("telemetry_duplicates_total", "duplicates", "counter", "Re-sent telemetry events ignored."),
-        ("device_memory_rss_bytes", "rss_bytes", "gauge", "Last reported resident memory of the agent."),
-    ):
-        lines += [f"# HELP {PREFIX}{name} {help_}", f"# TYPE {PREFIX}{name} {kind}"]
-        for dev in sorted(per_device):
-            vals = [getattr(s, attr) for s in per_device[dev] if getattr(s, attr) is not None]
-            if vals:
-                value = max(vals) if attr == "rss_bytes" else sum(vals)
-                lines.append(f"{PREFIX}{name}{_labels(device=dev)} {_num(value)}")
-    for name, (help_, value) in (gauges or {}).items():
-        lines += [f"# HELP {PREFIX}{name} {help_}", f"# TYPE {PREFIX}{name} gauge", f"{PREFIX}{name} {_num(value)}"]
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Rollup(counters, streams, gauges))  # type: ignore[arg-type]
+    return generate_latest(registry).decode("utf-8")
 
 
 def _key(c: CounterRow) -> tuple[str, int, str]:
