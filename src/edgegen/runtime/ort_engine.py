@@ -250,7 +250,6 @@ class OrtEngine:
         want_lp = params.logprobs or want_top > 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         stops = StopFilter(params.stop)
-        stream = self._tok.create_stream()
         stats.finish_reason = "length"
         t0 = time.perf_counter()
         if budget <= 0:
@@ -278,7 +277,7 @@ class OrtEngine:
                     if want_top:
                         top = np.argsort(-ls, kind="stable")[:want_top]
                         extra["top"] = tuple((int(t), float(ls[t])) for t in top)
-                text = stops.push(decoder.decode(stream.decode(tok).encode("utf-8")))
+                text = stops.push(decoder.decode(self.token_bytes(tok)))
                 if stops.stopped:
                     stats.finish_reason = "stop"
                     if text:
