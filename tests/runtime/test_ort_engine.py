@@ -161,3 +161,15 @@ def test_head_size_ort_cannot_run_is_refused_before_work(tmp_path: Path) -> None
     with pytest.raises(UnsupportedArchitectureError, match="multiple of 16"):
         export_onnx(STORIES_DIR, tmp_path / "o", Precision.FP32)
     assert not (tmp_path / "o").exists()
+
+
+def test_agent_health_check_accepts_an_onnx_model(tiny_onnx: Path, tmp_path: Path) -> None:
+    from edgegen.agent.health import HealthCheckError, HealthPolicy, check_health
+
+    report = check_health(tiny_onnx, HealthPolicy(n_tokens=4, n_ctx=64))
+    assert report.tokens >= 1
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "genai_config.json").write_text((tiny_onnx / "genai_config.json").read_text())
+    with pytest.raises(HealthCheckError, match="does not load"):
+        check_health(broken, HealthPolicy(n_tokens=4, n_ctx=64))
