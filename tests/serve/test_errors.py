@@ -25,14 +25,16 @@ def assert_openai_error(r: httpx.Response, status: int) -> dict[str, Any]:
 
 
 BAD_CHAT = [
-    ({"messages": [{"role": "user", "content": "hi"}]}, "model"),
+    ({"model": "m" * 300, "messages": [{"role": "user", "content": "hi"}]}, "model"),
     ({"model": "m", "messages": []}, "messages"),
     ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
     ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, None),
     (chat_body("hi", temperature=3), "temperature"),
-    (chat_body("hi", n=2), "n"),
+    (chat_body("hi", n=9), "n"),
     (chat_body("hi", max_tokens=0), "max_tokens"),
-    (chat_body("hi", logprobs=True), "logprobs"),
+    (chat_body("hi", logprobs=True, top_logprobs=21), "top_logprobs"),
+    (chat_body("hi", response_format={"type": "yaml"}), "response_format"),
+    (chat_body("hi", tool_choice="required"), None),
     (chat_body("hi", stop=[str(i) for i in range(17)]), "stop"),
     (chat_body("hi", stream="sometimes"), "stream"),
 ]
@@ -51,7 +53,7 @@ BAD_COMPLETION = [
     {"model": "m", "prompt": [1, 2, 10**9]},
     {"model": "m", "prompt": [-5]},
     {"model": "m", "prompt": "hi", "suffix": "bye"},
-    {"model": "m", "prompt": "hi", "logprobs": 3},
+    {"model": "m", "prompt": "hi", "logprobs": 6},
     {"model": "m", "prompt": {"text": "hi"}},
 ]
 

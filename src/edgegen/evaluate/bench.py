@@ -204,8 +204,9 @@ def run_bench_many(
     cores = default_threads()
     load_before = load_average()
     threads = min(n_threads or cores, idle_cores(cores, load_before))
-    labels = [str(m) for m in models]
-    raw = interleave(labels, lambda m: _run_child(Path(m), prompt_tokens, gen_tokens, repeats, threads), rounds)
+    labels = [str(i) for i in range(len(models))]  # by position: the same file may appear twice
+    raw = interleave(labels, lambda i: _run_child(Path(models[int(i)]), prompt_tokens, gen_tokens, repeats, threads),
+                     rounds)
     bw = bandwidth or measure_bandwidth(threads)
     decode = {m: Spread.of(raw[m]["decode_tokens_per_s"]) for m in labels}
     ttft = {m: Spread.of(raw[m]["ttft_s"]) for m in labels}
@@ -214,10 +215,11 @@ def run_bench_many(
     first = raw[labels[0]]["decode_tokens_per_s"]
     out = []
     for m in labels:
-        per_token = bytes_read_per_token(Path(m))
+        path = Path(models[int(m)])
+        per_token = bytes_read_per_token(path)
         d, t = decode[m], ttft[m]
         out.append(BenchReport(
-            model=m, file_bytes=describe(Path(m)).file_bytes, n_threads=threads, prompt_tokens=prompt_tokens,
+            model=str(path), file_bytes=describe(path).file_bytes, n_threads=threads, prompt_tokens=prompt_tokens,
             gen_tokens=gen_tokens, repeats=repeats,
             load_s=round(statistics.median(raw[m]["load_s"]), 4), ttft_s=round(t.median, 4),
             prefill_tokens_per_s=round(prompt_tokens / t.median, 2), decode_tokens_per_s=round(d.median, 2),
