@@ -53,3 +53,20 @@ def test_refusal_recommends_a_variant_that_fits(stories_gguf: Path) -> None:
     p = run("plan", str(stories_gguf), "--device", "raspberry-pi-5-8gb", "--ctx", "512", "--max-ram", "58M")
     assert_clean_error(p, "needs")
     assert "Recommended instead" in p.stderr and "as Q8_0" in p.stderr
+
+
+def test_bench_and_eval_run_an_onnx_model(tiny_onnx: Path, tiny_gguf: Path, tmp_path: Path) -> None:
+    p = run("bench", str(tiny_onnx), "--json", "--rounds", "1", "--prompt-tokens", "8", "--gen-tokens", "4",
+            "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    rep = rep[0] if isinstance(rep, list) else rep
+    assert rep["decode_tokens_per_s"] > 0 and rep["file_bytes"] > 100_000 and rep["peak_rss_bytes"] > 0
+    text = tmp_path / "t.txt"
+    text.write_text("Once upon a time there was a little dog. " * 40)
+    e = run("eval", str(tiny_onnx), str(tiny_gguf), "--ref", str(tiny_gguf), "--text", str(text), "--chunk", "64",
+            "--chunks", "2", "--json")
+    assert e.returncode == 0, e.stderr
+    onnx_row, same_row = json.loads(e.stdout)
+    assert same_row["kl_mean"] == 0.0 and same_row["top1_agreement"] == 1.0  # the reference against itself
+    assert onnx_row["kl_mean"] < 1e-3 and onnx_row["top1_agreement"] > 0.95  # same weights, other engine

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgegen.errors import EngineError
 from edgegen.evaluate.rounds import Noise, Spread, idle_cores, interleave, load_average, ratios
-from edgegen.formats.gguf_file import describe, open_reader, read_per_token, validate_gguf
+from edgegen.formats.gguf_file import open_reader, read_per_token
 
 
 @dataclass
@@ -64,10 +64,22 @@ class BenchReport:
 
 
 def bytes_read_per_token(path: Path) -> int:
-    """Weight bytes a decode step reads: every tensor but the embedding lookup (unless tied as output)."""
+    """Weight bytes a decode step reads: every tensor but the embedding lookup (unless tied as output).
+    An ONNX folder: its weight bytes in proportion to the weights read per token (``plan.facts``)."""
+    if Path(path).is_dir():
+        from edgegen.plan.facts import model_facts
+
+        f = model_facts(path)
+        return int(f.weight_bytes * min(1.0, f.n_weights_read / max(f.n_params, 1)))
     reader = open_reader(path)
     names = {t.name for t in reader.tensors}
     return sum(int(t.n_bytes) for t in reader.tensors if read_per_token(t.name, names))
+
+
+def _file_bytes(path: Path) -> int:
+    from edgegen.evaluate.quality import describe as describe_any
+
+    return describe_any(path).file_bytes
 
 
 def measure_bandwidth(n_threads: int, size_bytes: int = 512 * 1024**2, repeats: int = 5) -> float:
@@ -101,9 +113,10 @@ def _peak_rss_bytes() -> int:
 
 def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_threads: int) -> dict:
     """Runs in the child process; returns raw timings."""
-    from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
+    from edgegen.runtime.base import open_engine
+    from edgegen.runtime.engine import SamplingParams, StreamStats
 
-    engine = Engine(model, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads)
+    engine = open_engine(model, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads)
     seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
     ids = engine.tokenize(seed_text * (1 + prompt_tokens // 8), add_bos=False)[:prompt_tokens]
     params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
@@ -199,8 +212,10 @@ def run_bench_many(
 
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
+    from edgegen.runtime.base import resolve_engine
+
     for m in models:
-        validate_gguf(m)
+        resolve_engine(m)  # a GGUF for llama.cpp or an ONNX folder for ONNX Runtime GenAI
     cores = default_threads()
     load_before = load_average()
     threads = min(n_threads or cores, idle_cores(cores, load_before))
@@ -219,7 +234,7 @@ def run_bench_many(
         per_token = bytes_read_per_token(path)
         d, t = decode[m], ttft[m]
         out.append(BenchReport(
-            model=str(path), file_bytes=describe(path).file_bytes, n_threads=threads, prompt_tokens=prompt_tokens,
+            model=str(path), file_bytes=_file_bytes(path), n_threads=threads, prompt_tokens=prompt_tokens,
             gen_tokens=gen_tokens, repeats=repeats,
             load_s=round(statistics.median(raw[m]["load_s"]), 4), ttft_s=round(t.median, 4),
             prefill_tokens_per_s=round(prompt_tokens / t.median, 2), decode_tokens_per_s=round(d.median, 2),
