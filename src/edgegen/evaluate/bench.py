@@ -29,7 +29,7 @@ import numpy as np
 
 from edgegen.errors import EngineError
 from edgegen.evaluate.rounds import Noise, Spread, idle_cores, interleave, load_average, ratios
-from edgegen.formats.gguf_file import open_reader, read_per_token
+from edgegen.formats.gguf_file import open_reader, read_per_token, validate_gguf
 
 
 @dataclass
@@ -215,7 +215,9 @@ def run_bench_many(
     from edgegen.runtime.base import resolve_engine
 
     for m in models:
-        resolve_engine(m)  # a GGUF for llama.cpp or an ONNX folder for ONNX Runtime GenAI
+        _, kind = resolve_engine(m)  # a GGUF for llama.cpp or an ONNX folder for ONNX Runtime GenAI
+        if kind.value == "llamacpp":
+            validate_gguf(Path(m))  # truncated or damaged: one line and exit 2 here, not a child's failure
     cores = default_threads()
     load_before = load_average()
     threads = min(n_threads or cores, idle_cores(cores, load_before))
