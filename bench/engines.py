@@ -8,7 +8,8 @@ Variants, all made from the Foundation's F16 reference (SmolLM2-135M-Instruct de
   - ``ort-int4``: ``edgegen export onnx REF --precision int4`` (ONNX Runtime GenAI's builder, MatMulNBits
     block 32, symmetric round-to-nearest; the embedding table stays as the builder writes it);
   - ``llamacpp-q4_0`` and ``llamacpp-q4_k_m``: ``llama_cpp.llama_model_quantize`` of the reference;
-  - ``edgegen-4.5bpw``: ``edgegen compress REF --bpw 4.5`` (calibrated on the default plays).
+  - ``publisher-q4_1``: the publisher's own Q4_1 file (the reference's grid: see DATA.md);
+  - ``edgegen-4.5bpw``: ``edgegen compress REF --bpw 4.5`` (calibrated on the default plays; --no-edgegen skips it).
 Quality: ``evaluate.quality.evaluate_many`` against the reference on the same tokens (the
 reference's tokenization of Hamlet and Twelfth Night, chunks of 512): mean KL divergence, top-1.
 Speed: ``plan.measure.measure_run`` in a fresh process per variant per round, variants interleaved
@@ -32,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_variants(ref: Path, q4_1: Path, out: Path) -> dict[str, Path]:
+def make_variants(ref: Path, q4_1: Path, out: Path, with_edgegen: bool = True) -> dict[str, Path]:
     from edgegen.export.onnx_genai import Precision, export_onnx
     from edgegen.runtime.llamacpp_quant import llamacpp_quantize
 
@@ -47,7 +48,10 @@ def make_variants(ref: Path, q4_1: Path, out: Path) -> dict[str, Path]:
         if not dst.exists():
             llamacpp_quantize(ref, dst, ft)
         v[f"llamacpp-{ft.lower()}"] = dst
+    v["publisher-q4_1"] = q4_1  # the file SmolLM2's publisher ships (4.5 bits per weight)
     ours = out / "edgegen-4.5bpw.gguf"
+    if not with_edgegen:
+        return v
     if not ours.exists():
         subprocess.run([sys.executable, "-m", "edgegen", "compress", str(ref), "-o", str(ours), "--bpw", "4.5"],
                        check=True)
@@ -67,6 +71,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--no-edgegen", action="store_true", help="skip edgegen's 4.5-bpw file (its compression takes "
+                    "minutes; on a loaded machine, tens of minutes)")
     args = ap.parse_args()
 
     from edgegen.evaluate.quality import evaluate_many
@@ -78,7 +84,7 @@ def main() -> None:
 
     q4_1 = pull("smollm2-135m-instruct", args.home)
     ref = cached_reference(q4_1, args.home)
-    variants = make_variants(ref, q4_1, args.out)
+    variants = make_variants(ref, q4_1, args.out, with_edgegen=not args.no_edgegen)
     names = list(variants)
 
     text = args.out / "eval.txt"
