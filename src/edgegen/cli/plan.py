@@ -80,14 +80,18 @@ def plan_cmd(
     if as_json:
         _emit_json({"device": profile.name, "workload": w.__dict__, "predictions": [p.to_dict() for p in ranked]}, None)
     else:
+        from rich.markup import escape
+
         for p in ranked:
-            j = f"{p.j_per_token:.3f} J/tok" if p.j_per_token is not None else "J/tok unknown"
-            mark = "[green]fits[/]" if p.fits else f"[red]refused[/]: {'; '.join(p.violations)}"
-            console.print(f"{p.model} [{p.engine} {p.variant}]: RAM {p.ram_bytes / 2**20:.0f} MiB, "
-                          f"TTFT {p.ttft_s:.2f} s, "
-                          f"{p.decode_tok_s:.1f} tok/s, {j} ({p.energy_source}) - {mark}", highlight=False)
+            j = f"{p.j_per_token:.3f} J/tok ({p.energy_source})" if p.j_per_token is not None else p.energy_source
+            mark = "[green]fits[/]" if p.fits else f"[red]refused[/]: {escape('; '.join(p.violations))}"
+            label = escape(f"{p.model} [{p.engine} {p.variant}]")
+            console.print(f"{label}: RAM {p.ram_bytes / 2**20:.0f} MiB, "
+                          f"TTFT {p.ttft_s:.2f} s, {p.decode_tok_s:.1f} tok/s, energy {escape(j)} - {mark}",
+                          highlight=False, soft_wrap=True)
     best = choose(ranked, facts, profile, w, limits)  # PlanRefusedError (exit 2) when nothing fits
-    err_console.print(f"choice for {profile.name}: {best.model} [{best.engine} {best.variant}]", highlight=False)
+    err_console.print(f"choice for {profile.name}: {best.model} ({best.engine} {best.variant})", highlight=False,
+                      soft_wrap=True, markup=False)
 
 
 def parse_bytes(text: str) -> int:
