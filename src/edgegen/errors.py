@@ -8,7 +8,8 @@
     │   ├── OutputError              an output path that cannot be written
     │   ├── InvalidTextError         a text file (calibration/eval) that is missing or too short
     │   ├── BudgetError              a size budget no quantization can meet
-    │   └── InvalidRequestError      an API request the server cannot honour (HTTP 400)
+    │   ├── InvalidRequestError      an API request the server cannot honour (HTTP 400)
+    │   └── TlsSetupError            missing or unreadable TLS material (fleet CA, certificates)
     ├── SourceError                  a model source could not be fetched (offline hub, pip failure)
     ├── IntegrityError               a download whose hash/size does not match what was expected
     ├── ConversionError              conversion failed for a reason other than bad input
@@ -72,6 +73,10 @@ class BudgetError(UserInputError):
 
 class InvalidRequestError(UserInputError):
     pass
+
+
+class TlsSetupError(UserInputError):
+    """An https control plane without a pinned fleet CA, no fleet CA to serve with, a bad CSR."""
 
 
 class SourceError(EdgegenError):

@@ -43,6 +43,7 @@ from edgegen.errors import (
 )
 from edgegen.runtime.engine import Engine, SamplingParams, StreamStats, Token
 from edgegen.serve import protocol
+from edgegen.serve.adapters import adapter_for, apply_adapter
 from edgegen.serve.auth import ApiKeys
 from edgegen.serve.metrics import ServerMetrics
 from edgegen.serve.prompt import Prepared, prepare
@@ -179,6 +180,7 @@ class EdgeServer:
                                         retry_after=5 if self.status == "loading" else 60)
         try:
             prepared = await asyncio.to_thread(prepare, lease.engine, req, self.config.sampling)
+            adapter = adapter_for(lease.engine, req.model)  # "base+adapter" model names (multi-LoRA)
         except ContextOverflowError as exc:
             lease.release()
             return await self._fallback(call, "context_overflow", 400, str(exc), code="context_length_exceeded",
@@ -191,6 +193,7 @@ class EdgeServer:
             raise
 
         def make(engine: Engine, stats: StreamStats, p: Prepared = prepared) -> Iterator[Token]:
+            apply_adapter(engine, adapter)
             return engine.stream(p.ids, p.params, stats)
 
         try:
