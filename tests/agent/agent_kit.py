@@ -142,7 +142,7 @@ def load_json(path: Path) -> dict:
 DONE = ("current", "failed_before", "refused", "health_failed", "auth_refused")
 
 
-def agent_child(data_dir: str, url: str, crash: str | None) -> None:
+def agent_child(data_dir: str, url: str, crash: str | None, deltas: bool = True) -> None:
     """Body of a forked agent process: poll until current (or a final refusal), maybe SIGKILLed."""
     import logging
     import os
@@ -155,6 +155,7 @@ def agent_child(data_dir: str, url: str, crash: str | None) -> None:
     else:
         os.environ.pop(CRASH_ENV, None)
     agent = make_agent(url, Path(data_dir))
+    agent.config.deltas = deltas
     try:
         outcome = agent.run(until=lambda o: o in DONE)
     finally:

@@ -1,6 +1,8 @@
 """Crash safety: SIGKILL the agent at 30+ points during updates, deterministically chosen (seeded),
 and after every restart demand exactly one verified, loadable active model and convergence to the
-desired version.
+desired version. Crash points run on full (zstd) transfers; the timer kills and the convergence runs
+take deltas; ``test_sigkill_during_delta_and_adapter_installs`` puts every crash point on delta
+installs of LoRA adapters.
 
 Agents run as real processes forked from a ``forkserver`` that has the imports done (a cold Python
 start with llama.cpp costs seconds on a loaded CI box). Two kinds of kill:
@@ -77,8 +79,8 @@ def forkserver():
 
 
 def run_agent(ctx, data_dir: Path, url: str, crash: str | None = None, kill_after: float | None = None,
-              timeout: float = 120.0) -> int:
-    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash))
+              timeout: float = 120.0, deltas: bool = True) -> int:
+    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash, deltas))
     p.start()
     if kill_after is not None:
         p.join(kill_after)
@@ -114,9 +116,9 @@ def test_sigkill_at_random_points_during_updates(fleet, model_versions, tmp_path
         desired += 1
         fleet.publish(model_versions[1 + (desired - 1) % 8], desired, architecture="llama", quantization="F32")
         for spec in chain:
-            if kind == "point":
-                code = run_agent(forkserver, data, fleet.url, crash=spec)
-            else:
+            if kind == "point":  # full transfers: every point of a download/decode is reachable
+                code = run_agent(forkserver, data, fleet.url, crash=spec, deltas=False)
+            else:  # kills at random instants, with deltas on (the control plane offers one per update)
                 code = run_agent(forkserver, data, fleet.url, kill_after=float(spec))
             restarts += 1
             if code == -signal.SIGKILL:
