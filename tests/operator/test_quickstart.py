@@ -51,7 +51,7 @@ def test_readme_fleet_quickstart_runs_verbatim(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"quick start failed ({proc.returncode})\nstdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}"
     answers = [line for line in out.splitlines() if line.startswith("stories@v1: ")]
     assert len(answers) == 2 and all(len(a) > len("stories@v1: ") for a in answers), out
-    assert "console: http://127.0.0.1:8700/" in err and "admin_token" in err  # serve says where and how
+    assert "console: https://127.0.0.1:8700/" in err and "admin_token" in err  # serve says where and how
     # the devices table: both enrolled devices, current on v1, labelled
     devices = out.split("devices", 1)[1]
     assert devices.count("current") >= 2 and "site=lab" in devices, out

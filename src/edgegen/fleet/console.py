@@ -2,7 +2,8 @@
 
     devices_page(session, now)              inventory with labels, status and why, telemetry counts
     device_page(session, device_id, now)    one device: versions, status, events, logs, telemetry, drift
-    releases_page(session)                  models, versions with their signed manifests, released one
+    releases_page(session)                  models and LoRA adapters (the manifest's ``kind``), versions
+                                            with their signed manifests, the released one
     rollouts_page(session, now)             every rollout (newest first) and what the create form offers
     rollout_page(session, rollout_id, now)  stages, gates with live readings, devices, history
     drift_page(session, now)                drift alerts of the last day
@@ -70,14 +71,17 @@ def releases_page(session: Session) -> dict[str, Any]:
         released = pol.released_version if pol else None
         versions = []
         for v in sorted(m.versions, key=lambda v: v.version, reverse=True):
-            versions.append({"version": v.version, "sha256": v.sha256, "size": v.size,
+            signed = json.loads(v.envelope).get("signed", {})
+            versions.append({"kind": signed.get("kind", "model"), "base_sha256": signed.get("base_sha256"),
+                             "version": v.version, "sha256": v.sha256, "size": v.size,
                              "architecture": v.architecture, "quantization": v.quantization,
                              "published": v.published_at.strftime("%Y-%m-%d %H:%M"),
                              "expires": v.expires_at.strftime("%Y-%m-%d"), "released": v.version == released,
                              "manifest": json.dumps(json.loads(v.envelope), indent=2)})
         models.append({"name": m.name, "staged": pol.staged if pol else True, "released": released,
                        "versions": versions})
-    return {"models": models, "adapters": []}
+    adapters = [{"name": m["name"], **v} for m in models for v in m["versions"] if v["kind"] == "adapter"]
+    return {"models": models, "adapters": adapters}
 
 
 def rollouts_page(session: Session, now: datetime) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Rollouts as the admin API, the CLI and the console show them (reads only).
 
     rollout_summary(row) -> dict                  the rollout, its result once it ended, last decision
-    rollout_detail(session, row, now) -> dict     plus live gate readings of the current stage (while it
-                                                  runs), each device's version, target and status, history
+    rollout_detail(session, row, now) -> dict     plus gate readings (live while it runs; else those of
+                                                  its last decision), each device's version, target
+                                                  and status, history
 """
 
 from __future__ import annotations
@@ -30,11 +31,16 @@ def rollout_summary(row: RolloutRow) -> dict[str, Any]:
 def rollout_detail(session: Session, row: RolloutRow, now: datetime) -> dict[str, Any]:
     out = rollout_summary(row)
     r = to_domain(row)
+    events = list(session.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == row.id)
+                                  .order_by(RolloutEventRow.id)))
     if r.state is ro.RolloutState.RUNNING:  # what the next tick would read, without acting on it
         health, baseline = stage_health(session, r, row.created_at)
         out["readings"] = readings_json(ro.decide(r, health, now.timestamp(), baseline))
-    else:
-        out["readings"] = []
+        out["readings_at"] = "now"
+    else:  # the readings of the last decision that had any (history)
+        last = next((e for e in reversed(events) if e.readings), None)
+        out["readings"] = list(last.readings) if last else []
+        out["readings_at"] = f"at {last.action} ({last.at.isoformat()[:19]})" if last else None
     inv = {d["id"]: d for d in inventory(session, now) if d["id"] in set(r.devices)}
     members = set(r.members())
     out["devices"] = []
@@ -44,10 +50,6 @@ def rollout_detail(session: Session, row: RolloutRow, now: datetime) -> dict[str
             "id": dev, "name": d.get("name"), "member": dev in members, "active_version": d.get("active_version"),
             "target": r.target_for(dev, d.get("active_version")), "status": d.get("status"),
             "status_reason": d.get("status_reason")})
-    out["events"] = [
-        {"at": e.at.isoformat(), "action": e.action, "percent": e.percent, "reason": e.reason,
-         "readings": e.readings}
-        for e in session.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == row.id)
-                                 .order_by(RolloutEventRow.id))
-    ]
+    out["events"] = [{"at": e.at.isoformat(), "action": e.action, "percent": e.percent, "reason": e.reason,
+                      "readings": e.readings} for e in events]
     return out
