@@ -85,7 +85,9 @@ def test_shifted_prompts_raise_a_drift_alert_that_halts_the_rollout(
         metrics = client.metrics()
         assert f'edgegen_drift_alerts_total{{device="{device.id}",model_version="2"}} 1' in metrics
         assert f'edgegen_drift_windows_total{{device="{device.id}",model_version="2"}} 2' in metrics
-        page = httpx.get(cp.url + "/dashboard", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        with httpx.Client(base_url=cp.url, follow_redirects=True) as console:
+            console.post("/login", data={"token": ADMIN, "next": "/console/drift"})
+            page = console.get("/console/drift").text
         assert page.count('class="drift-alert"') == 1 and ("letters" in page or "frac_" in page)
         print(f"\ndevice drift: window 1 (Shakespeare) {reports[0].reasons or 'no drift'}; window 2 "
               f"(stdlib docstrings) drift: {'; '.join(reports[1].reasons)}; rollout halted: {halted['reason']}")
