@@ -17,7 +17,8 @@ def facts(**kw) -> DeviceFacts:
 
 
 def refused(version: int) -> LastReport:
-    return LastReport("update_refused", False, version, "RollbackError: v1 is older than v2", NOW - timedelta(minutes=1))
+    return LastReport("update_refused", False, version, "RollbackError: v1 is older than v2",
+                      NOW - timedelta(minutes=1))
 
 
 def test_converged_device_is_current_despite_an_earlier_refusal() -> None:

@@ -60,11 +60,12 @@ def plane(tmp_path: Path):
                                         rollout_interval_s=0.3))
     server = ThreadServer(app)
     client = RolloutClient(server.url, ADMIN)
-    for model, n in (("smol", 4), ("tiny", 2)):
+    for model in ("smol", "tiny"):
         reg.publish_bytes(client, model, 1, f"{model} one".encode() * 100)
         client.release(model, 1)
         reg.publish_bytes(client, model, 2, f"{model} two".encode() * 100)
-    devices = [SimDevice(server.url, client.enroll_token(model="smol", group="lab", labels={"site": "lab"}), f"edge-{i}")
+    lab = {"site": "lab"}
+    devices = [SimDevice(server.url, client.enroll_token(model="smol", group="lab", labels=lab), f"edge-{i}")
                for i in range(4)]
     tiny = [SimDevice(server.url, client.enroll_token(model="tiny", group="field"), f"tiny-{i}") for i in range(2)]
     for d in tiny:

@@ -48,7 +48,8 @@ def test_readme_fleet_quickstart_runs_verbatim(tmp_path: Path) -> None:
     env.pop("EDGEGEN_FLEET__ADMIN_TOKEN", None)
     proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out, err = proc.stdout, proc.stderr
-    assert proc.returncode == 0, f"quick start failed ({proc.returncode})\nstdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}"
+    assert proc.returncode == 0, (f"quick start failed ({proc.returncode})\n"
+                                  f"stdout:\n{out[-4000:]}\nstderr:\n{err[-4000:]}")
     answers = [line for line in out.splitlines() if line.startswith("stories@v1: ")]
     assert len(answers) == 2 and all(len(a) > len("stories@v1: ") for a in answers), out
     assert "console: https://127.0.0.1:8700/" in err and "admin_token" in err  # serve says where and how

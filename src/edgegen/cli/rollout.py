@@ -32,6 +32,9 @@ TokenOpt = Annotated[str | None, typer.Option(
     "--admin-token", help="admin API token (default: EDGEGEN_FLEET__ADMIN_TOKEN or <data>/admin_token)")]
 
 
+ReasonOpt = Annotated[str, typer.Option("--reason", help="recorded in the history (default: none)")]
+
+
 def _client(server: str | None, token: str | None):  # -> RolloutClient
     from edgegen.cli import fleet as fleet_cli
     from edgegen.fleet.rollout_client import RolloutClient
@@ -149,7 +152,7 @@ def show_cmd(rollout_id: int, server: ServerOpt = None, admin_token: TokenOpt = 
 
 
 @rollouts_app.command("pause")
-def pause_cmd(rollout_id: int, reason: Annotated[str, typer.Option("--reason", help="recorded in the history (default: none)")] = "",
+def pause_cmd(rollout_id: int, reason: ReasonOpt = "",
               server: ServerOpt = None, admin_token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """Stop opening stages; devices keep what they run."""
     with _client(server, admin_token) as client:
@@ -165,7 +168,7 @@ def resume_cmd(rollout_id: int, server: ServerOpt = None, admin_token: TokenOpt 
 
 
 @rollouts_app.command("abort")
-def abort_cmd(rollout_id: int, reason: Annotated[str, typer.Option("--reason", help="recorded in the history (default: none)")] = "",
+def abort_cmd(rollout_id: int, reason: ReasonOpt = "",
               server: ServerOpt = None, admin_token: TokenOpt = None, as_json: JsonOpt = False) -> None:
     """End the rollout; devices that installed the version go to the rollback version."""
     with _client(server, admin_token) as client:
