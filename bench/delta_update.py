@@ -11,7 +11,8 @@ Three updates of SmolLM2-135M-Instruct (the only real ~100 MB model here), each 
                     the target: the bytes to ship a new adapter <= 5% of the base model's bytes
 
 For each pair: the full v2, its zstd transfer (level 3, what ``fleet publish`` uploads), the delta the
-control plane serves (``edgegen.delta``: zstd --patch-from style, level 19, long-distance matching)
+control plane serves (``edgegen.delta``: zstd --patch-from style, level 9 by default, long-distance
+matching)
 and, when ``bsdiff4`` is installed, a bsdiff4 patch; times to make and to apply the zstd delta (one
 run: the sizes are deterministic, the times are indicative only on this shared machine; the load
 average is recorded). Output JSON on stdout and in bench/results/delta_update.json.
@@ -42,14 +43,15 @@ def zstd_size(path: Path, level: int = 3) -> int:
     return len(zstandard.ZstdCompressor(level=level).compress(path.read_bytes()))
 
 
-def measure(v1: Path, v2: Path, work: Path, bsdiff: bool) -> dict[str, Any]:
+def measure(v1: Path, v2: Path, work: Path, bsdiff: bool, level: int, bsdiff_max: int) -> dict[str, Any]:
     from edgegen.delta import apply_delta, make_delta
 
     out: dict[str, Any] = {"v1": v1.name, "v2": v2.name, "full_bytes": v2.stat().st_size,
                            "zstd3_bytes": zstd_size(v2)}
     patch = work / f"{v1.stem}-{v2.stem}.zpatch"
     t0, c0 = time.perf_counter(), time.process_time()
-    out["delta_bytes"] = make_delta(v1, v2, patch, level=19)
+    out["delta_bytes"] = make_delta(v1, v2, patch, level=level)
+    out["delta_level"] = level
     out["delta_make_s"] = round(time.perf_counter() - t0, 2)
     out["delta_make_cpu_s"] = round(time.process_time() - c0, 2)
     buf = io.BytesIO()
@@ -57,7 +59,9 @@ def measure(v1: Path, v2: Path, work: Path, bsdiff: bool) -> dict[str, Any]:
     apply_delta(v1, patch, buf, v2.stat().st_size)
     out["delta_apply_s"] = round(time.perf_counter() - t0, 2)
     assert buf.getvalue() == v2.read_bytes(), "the delta does not reconstruct v2"
-    if bsdiff:
+    if bsdiff and v2.stat().st_size > bsdiff_max:
+        out["bsdiff4"] = f"skipped: over --bsdiff-max-bytes ({bsdiff_max})"
+    elif bsdiff:
         try:
             import bsdiff4
         except ImportError:
@@ -123,6 +127,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", type=Path, default=Path(os.environ.get("EDGEGEN_TEST_HOME", REPO / ".cache" / "edgegen")))
     ap.add_argument("--no-bsdiff", action="store_true")
+    ap.add_argument("--level", type=int, default=9, help="zstd level of the deltas (the control plane's default)")
+    ap.add_argument("--bsdiff-max-bytes", type=int, default=8 << 20,
+                    help="bsdiff4 only on smaller files (its suffix sort is slow and needs ~17x the file in RAM)")
+    ap.add_argument("--with-f16", action="store_true", help="also diff the unquantized F16 pair (270 MB each)")
     args = ap.parse_args()
 
     from edgegen.formats.convert import cached_reference
@@ -149,13 +157,15 @@ def main() -> None:
     ad3 = made("tldr-v2-new.gguf", lambda p: random_lora(q40, p, rank=8, seed=2, name="tldr"))
 
     bsdiff = not args.no_bsdiff
+    m = {"work": work, "bsdiff": bsdiff, "level": args.level, "bsdiff_max": args.bsdiff_max_bytes}
     cases = {
-        "a_requant_q4_0_to_q4_1": measure(q40, q41, work, bsdiff),
-        "b_finetune_merged_q4_0": measure(q40, ft_q40, work, bsdiff),
-        "b_finetune_merged_f16": measure(ref, ft_ref, work, False),
-        "c1_adapter_trained_further": measure(ad1, ad2, work, bsdiff),
-        "c2_adapter_new": measure(ad1, ad3, work, bsdiff),
+        "c1_adapter_trained_further": measure(ad1, ad2, **m),
+        "c2_adapter_new": measure(ad1, ad3, **m),
+        "a_requant_q4_0_to_q4_1": measure(q40, q41, **m),
+        "b_finetune_merged_q4_0": measure(q40, ft_q40, **m),
     }
+    if args.with_f16:
+        cases["b_finetune_merged_f16"] = measure(ref, ft_ref, **{**m, "bsdiff": False})
     base_bytes = q40.stat().st_size
     for key in ("c1_adapter_trained_further", "c2_adapter_new"):
         c = cases[key]

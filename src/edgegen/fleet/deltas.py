@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class DeltaService:
-    def __init__(self, blobs: BlobStore, level: int = 19) -> None:
+    def __init__(self, blobs: BlobStore, level: int = 9) -> None:
         self.blobs = blobs
         self.level = level
         self.dir = blobs.root / "deltas"

@@ -64,7 +64,7 @@ class ControlPlaneConfig:
     desired_ttl_s: float = field(default_factory=lambda: get_settings().fleet.desired_ttl_s)
     # serving requires a client certificate from the fleet CA on every connection (mTLS)
     mutual_tls: bool = False
-    delta_level: int = 19  # zstd level of the deltas made for devices (edgegen.delta)
+    delta_level: int = 9  # zstd level of the deltas made for devices (bench/delta_update.py: 19 takes minutes)
     # raw telemetry kept per device (by receipt age and count), applied every retention_interval_s
     retention: RetentionPolicy = field(default_factory=lambda: RetentionPolicy(
         get_settings().fleet.telemetry_max_age_days * 86400.0, get_settings().fleet.telemetry_max_events_per_device))
