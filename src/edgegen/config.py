@@ -55,7 +55,7 @@ class FleetSettings(BaseModel):
     # publisher keyring (None: <data>/keys), manifest lifetime, device health-check latency bound
     data_dir: Path | None = None
     admin_token: str | None = None
-    server_url: str = "http://127.0.0.1:8700"
+    server_url: str = "https://127.0.0.1:8700"
     keys_dir: Path | None = None
     manifest_expires_days: float = 90.0
     health_max_latency_s: float = 60.0
@@ -63,6 +63,10 @@ class FleetSettings(BaseModel):
     rollout_interval_s: float = 5.0
     telemetry_spool_bytes: int = 16 * 1024**2
     telemetry_upload_interval_s: float = 10.0
+    # Fleet III: lifetime of a signed desired-state statement (freshness), telemetry retention
+    desired_ttl_s: float = 300.0
+    telemetry_max_age_days: float = 30.0
+    telemetry_max_events_per_device: int = 200_000
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,8 @@
     │   ├── EngineNotInstalledError  an engine back end whose package is not installed (onnxruntime-genai)
     │   ├── InvalidProfileError      a device profile file that is unreadable or misses fields
     │   ├── PlanRefusedError         no model/engine/format variant fits the device under the constraints
-    │   └── InvalidRequestError      an API request the server cannot honour (HTTP 400)
+    │   ├── InvalidRequestError      an API request the server cannot honour (HTTP 400)
+    │   └── TlsSetupError            missing or unreadable TLS material (fleet CA, certificates)
     ├── SourceError                  a model source could not be fetched (offline hub, pip failure)
     ├── IntegrityError               a download whose hash/size does not match what was expected
     ├── ConversionError              conversion failed for a reason other than bad input
@@ -92,6 +93,10 @@ class InvalidProfileError(UserInputError):
 
 class PlanRefusedError(UserInputError):
     pass
+
+
+class TlsSetupError(UserInputError):
+    """An https control plane without a pinned fleet CA, no fleet CA to serve with, a bad CSR."""
 
 
 class SourceError(EdgegenError):

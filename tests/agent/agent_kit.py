@@ -102,15 +102,15 @@ def device_snapshot(data_dir: Path) -> dict:
             "manifest": slots.read_manifest(act.slot)}
 
 
-def check_device(data_dir: Path) -> tuple[int, str]:
-    """The crash-safety invariant: exactly one active model, verified and loadable.
+def check_device(data_dir: Path, key: bytes | None = None) -> tuple[int, str]:
+    """The crash-safety invariant: exactly one active model (+ adapter), verified and loadable.
 
     active.json names a slot whose manifest carries a valid signature under the device's trusted root,
     whose model file has the manifest's size and sha256, and which llama.cpp loads and generates from.
     Returns (version, slot)."""
     from edgegen.runtime.engine import Engine, SamplingParams
 
-    slots = Slots(data_dir)
+    slots = Slots(data_dir, key=key)
     act = slots.active()
     assert act is not None, "no active model"
     trust = TrustedState.from_trusted_root((data_dir / "trust" / "root.json").read_bytes())
@@ -118,9 +118,13 @@ def check_device(data_dir: Path) -> tuple[int, str]:
     assert manifest_bytes is not None, f"active slot {act.slot} has no manifest"
     m = trust.verify_signed_manifest(manifest_bytes)
     assert (m.name, m.version, m.sha256) == (act.name, act.version, act.sha256)
-    model = slots.model_path(act.slot)
-    assert model.stat().st_size == m.size and sha256(model) == m.sha256, "active model bytes do not verify"
-    with Engine(model, n_ctx=64, n_threads=1) as engine:
+    artifact = slots.artifact_path(act.slot, m)
+    assert slots.file_sha256(artifact) == (m.sha256, m.size), "active artifact bytes do not verify"
+    if m.is_adapter:
+        base = slots.file_sha256(slots.model_path(act.slot))[0]
+        assert base == m.base_sha256, "the adapter's base model is not the one it was made for"
+    with slots.open_runnable(act.slot) as (model, adapter), \
+            Engine(model, n_ctx=64, n_threads=1, lora_path=adapter) as engine:
         assert engine.complete("Once", SamplingParams.greedy(2)).completion_tokens >= 1
     return act.version, act.slot
 
@@ -138,7 +142,7 @@ def load_json(path: Path) -> dict:
 DONE = ("current", "failed_before", "refused", "health_failed", "auth_refused")
 
 
-def agent_child(data_dir: str, url: str, crash: str | None) -> None:
+def agent_child(data_dir: str, url: str, crash: str | None, deltas: bool = True) -> None:
     """Body of a forked agent process: poll until current (or a final refusal), maybe SIGKILLed."""
     import logging
     import os
@@ -151,6 +155,7 @@ def agent_child(data_dir: str, url: str, crash: str | None) -> None:
     else:
         os.environ.pop(CRASH_ENV, None)
     agent = make_agent(url, Path(data_dir))
+    agent.config.deltas = deltas
     try:
         outcome = agent.run(until=lambda o: o in DONE)
     finally:

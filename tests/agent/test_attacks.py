@@ -103,9 +103,15 @@ def test_unknown_key_signature(fleet, device, model_versions, tmp_path) -> None:
 def test_rollback_attack(fleet, device, model_versions) -> None:  # type: ignore[no-untyped-def]
     fleet.publish(model_versions[2], 2)
     assert device.run_once() == "switched"
-    # The mirror now claims v1 (a genuine, validly signed, older manifest) is the desired version.
-    device.mirror.on(r"/v1/device/desired$",
-                     lambda q, r: replace_body(r, json.dumps({**r.json(), "version": 1}).encode()))
+    # An attacker who stole the control plane's online freshness key signs "run v1" (a genuine,
+    # validly signed, older manifest): the offline-signed versions still only move forward.
+    def downgrade(q: httpx.Request, r: httpx.Response) -> httpx.Response:
+        body = r.json()
+        signed = {**body["statement"]["signed"], "version": 1}
+        return replace_body(r, json.dumps({**body, "version": 1,
+                                           "statement": sign(signed, [fleet.keyring.freshness_key])}).encode())
+
+    device.mirror.on(r"/v1/device/desired$", downgrade)
     attack(fleet, device, "RollbackError")
     assert check_device(device.dir)[0] == 2
 
@@ -139,6 +145,7 @@ def test_oversize_download(fleet, device, model_versions) -> None:  # type: igno
 
 
 def test_mix_and_match(fleet, device, model_versions) -> None:  # type: ignore[no-untyped-def]
+    device.config.deltas = False  # the zstd transfers are what the mirror swaps here
     v2 = fleet.publish(model_versions[2], 2)
     v3 = fleet.publish(model_versions[3], 3)
     # (a) v3's manifest with v2's artifact bytes: the mirror answers v3's transfer with v2's.

@@ -1,6 +1,8 @@
 """Crash safety: SIGKILL the agent at 30+ points during updates, deterministically chosen (seeded),
 and after every restart demand exactly one verified, loadable active model and convergence to the
-desired version.
+desired version. Crash points run on full (zstd) transfers; the timer kills and the convergence runs
+take deltas; ``test_sigkill_during_delta_and_adapter_installs`` puts every crash point on delta
+installs of LoRA adapters.
 
 Agents run as real processes forked from a ``forkserver`` that has the imports done (a cold Python
 start with llama.cpp costs seconds on a loaded CI box). Two kinds of kill:
@@ -77,8 +79,8 @@ def forkserver():
 
 
 def run_agent(ctx, data_dir: Path, url: str, crash: str | None = None, kill_after: float | None = None,
-              timeout: float = 120.0) -> int:
-    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash))
+              timeout: float = 120.0, deltas: bool = True) -> int:
+    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash, deltas))
     p.start()
     if kill_after is not None:
         p.join(kill_after)
@@ -114,9 +116,9 @@ def test_sigkill_at_random_points_during_updates(fleet, model_versions, tmp_path
         desired += 1
         fleet.publish(model_versions[1 + (desired - 1) % 8], desired, architecture="llama", quantization="F32")
         for spec in chain:
-            if kind == "point":
-                code = run_agent(forkserver, data, fleet.url, crash=spec)
-            else:
+            if kind == "point":  # full transfers: every point of a download/decode is reachable
+                code = run_agent(forkserver, data, fleet.url, crash=spec, deltas=False)
+            else:  # kills at random instants, with deltas on (the control plane offers one per update)
                 code = run_agent(forkserver, data, fleet.url, kill_after=float(spec))
             restarts += 1
             if code == -signal.SIGKILL:
@@ -151,3 +153,77 @@ def test_sigkill_at_random_points_during_updates(fleet, model_versions, tmp_path
     # The control plane heard every switch despite the crashes.
     switched = {e["version"] for e in fleet.events() if e["kind"] == "switched"}
     assert set(range(2, desired + 1)) <= switched
+
+
+ADAPTER_POINTS = ["download.chunk:1", "install.chunk:1", "install.before_replace:1", "install.before_manifest:1",
+                  "slot_manifest.partial:1", "health.loaded:1", "switch.before_pointer:1", "pointer.partial:1",
+                  "step.install.before_save:1", "step.switch.before_save:1", "journal.partial:3",
+                  "report.before_send:1"]
+
+
+def test_sigkill_during_delta_and_adapter_installs(fleet, model_versions, stories_gguf, tmp_path, forkserver,
+                                                     capsys) -> None:  # type: ignore[no-untyped-def]
+    """The device follows a LoRA adapter stream on its base: every adapter version after the first
+    arrives as a delta against the installed adapter; SIGKILL at each point of those installs."""
+    from edgegen.agent.download import sha256_file
+    from edgegen.formats.lora_gguf import random_lora
+
+    rng = random.Random(SEED + 1)
+    assert len(ADAPTER_POINTS) // 3 <= 5
+    data = tmp_path / "device"
+    fleet.publish(model_versions[1], 1)
+    agent = make_agent(fleet.url, data)
+    device_id = agent.enroll(fleet.token())
+    agent.close()
+    assert run_agent(forkserver, data, fleet.url) == 0
+    fleet.admin.set_device(device_id, model="tldr")
+    base_sha = sha256_file(model_versions[1])[0]
+    # Adapter versions that retrain one layer each (the rest of the file unchanged): a delta is small.
+    first = random_lora(stories_gguf, tmp_path / "tldr0.gguf", rank=4, seed=0, name="tldr")
+    adapters = [first] + [retrain_one_layer(first, tmp_path / f"tldr{i}.gguf", layer=i - 1, seed=i)
+                          for i in range(1, 5)]
+    points = ADAPTER_POINTS[:]
+    rng.shuffle(points)
+    kills = 0
+    version = 0
+    for chunk in [points[i : i + 3] for i in range(0, len(points), 3)]:
+        version += 1
+        fleet.publish(adapters[version - 1], version, name="tldr", base_sha256=base_sha)
+        for spec in chunk:
+            code = run_agent(forkserver, data, fleet.url, crash=spec)
+            kills += code == -signal.SIGKILL
+            assert code in (0, -signal.SIGKILL), (spec, code)
+            check_device(data)  # one verified active set: base alone (v1) or base + an adapter version
+        assert run_agent(forkserver, data, fleet.url) == 0
+        act = json.loads((data / "active.json").read_text())
+        assert (act["name"], act["version"]) == ("tldr", version), act
+        check_device(data)
+    deltas = [e for e in fleet.events(device_id) if e["kind"] == "switched" and e["detail"].get("encoding") ==
+              "zstd-patch"]
+    with capsys.disabled():
+        print("\nadapter crash harness:", json.dumps({"sigkills": kills, "updates": version,
+                                                      "delta_switches": len(deltas)}))
+    assert kills >= 8
+    assert deltas, "no adapter update went through a delta"
+
+
+def retrain_one_layer(src: Path, out: Path, layer: int, seed: int) -> Path:
+    """``src`` with the LoRA factors of one layer redrawn (as if only that layer were retrained)."""
+    import numpy as np
+
+    from edgegen.formats.gguf_file import open_reader
+    from edgegen.formats.lora_gguf import write_lora_gguf
+
+    reader = open_reader(src)
+    t = {x.name: np.asarray(x.data, dtype=np.float32).reshape(tuple(reversed(x.shape.tolist())))
+         for x in reader.tensors}
+    rng = np.random.default_rng(seed)
+    pairs = {}
+    for name in t:
+        if name.endswith(".lora_a"):
+            base = name[: -len(".lora_a")]
+            a, b = t[name], t[base + ".lora_b"]
+            if base.startswith(f"blk.{layer}."):
+                a = rng.normal(0.0, a.std(), a.shape).astype(np.float32)
+            pairs[base] = (a, b)
+    return write_lora_gguf(out, "llama", pairs, alpha=4.0, name="tldr")

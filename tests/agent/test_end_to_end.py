@@ -60,7 +60,8 @@ def plane(tmp_path: Path):  # type: ignore[no-untyped-def]
     log = open(tmp_path / "plane.log", "wb")
     proc = subprocess.Popen(
         [*EDGEGEN, "fleet", "serve", "--db", f"sqlite:///{tmp_path / 'plane.db'}", "--data", str(tmp_path / "plane"),
-         "--port", str(port), "--keys", str(tmp_path / "keys"), "--admin-token", ADMIN_TOKEN],
+         "--port", str(port), "--keys", str(tmp_path / "keys"), "--admin-token", ADMIN_TOKEN,
+         "--insecure"],  # plain HTTP: TLS has its own tests (tests/agent/test_tls.py)
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
@@ -86,6 +87,7 @@ def test_five_devices_follow_published_versions(plane, model_versions, tmp_path)
         rel = build_release(model_versions[version], name="stories", version=version, key=keys.targets_key,
                             work_dir=tmp_path / f"rel{version}")
         admin.publish(rel)
+        admin.release("stories", version)  # publishing alone ships nothing
         return rel.manifest.sha256
 
     sha1 = publish(1)

@@ -102,9 +102,12 @@ class Fleet:
         return build_release(artifact, name=name, version=version, key=kw.pop("key", self.keyring.targets_key),
                              work_dir=self.root / "work" / str(self._n), expires_days=expires_days, now=now, **kw)
 
-    def publish(self, artifact: Path, version: int, **kw) -> Release:  # type: ignore[no-untyped-def]
+    def publish(self, artifact: Path, version: int, *, ship: bool = True, **kw) -> Release:  # type: ignore[no-untyped-def]
+        """Publish, and (``ship``) release to every device at once, as ``fleet publish --to all --now``."""
         rel = self.release(artifact, version, **kw)
         self.admin.publish(rel)
+        if ship:
+            self.admin.release(rel.manifest.name, version)
         return rel
 
     def token(self, model: str = "stories") -> str:

@@ -126,6 +126,9 @@ def test_device_api_serves_desired_manifest_and_ranges(plane, tmp_path) -> None:
     assert publish(plane, rel).status_code == 201
     device_id, auth = enroll(plane)
     desired = plane.get("/v1/device/desired", headers=auth).json()
+    assert (desired["model"], desired["version"]) == ("m", None)  # published is not shipped
+    assert plane.post("/v1/admin/rollouts/release/m", json={"version": 1}, headers=ADMIN).status_code == 200
+    desired = plane.get("/v1/device/desired", headers=auth).json()
     assert (desired["model"], desired["version"], desired["root_version"]) == ("m", 1, 1)
     assert plane.get(desired["manifest_url"], headers=auth).content == rel.envelope
     sha = rel.manifest.sha256

@@ -172,12 +172,25 @@ class SimDevice:
 
     http_model = "smol"
 
-    def requests(self, n: int, latency_s: float, ok: bool = True, ts: float | None = None) -> dict[str, Any]:
+    def drift(self, ts: float | None = None) -> None:
+        """Post a drift alert on the running version, stamped ``ts`` by the device's clock."""
+        self.seq += 1
+        body = {"drift": True, "model_version": self.active, "window": 1, "reasons": "letters: JS 0.05 bits > 0.02"}
+        r = self.http.post("/v1/telemetry", json=Batch("sim" + self.id[:8], (
+            Event(self.seq, ts or time.time(), TelemetryKind.DRIFT, body),)).to_json())
+        r.raise_for_status()
+
+    def status(self, client: Any) -> dict[str, Any]:
+        return next(d for d in client.devices() if d["id"] == self.id)
+
+    def requests(self, n: int, latency_s: float, ok: bool = True, ts: float | None = None,
+                 mean_logprob: float = -1.2) -> dict[str, Any]:
+        """Post ``n`` request events stamped ``ts`` by the device's clock (default: now)."""
         events = []
         for _ in range(n):
             self.seq += 1
             body = request_body(model_version=self.active, prompt_tokens=12, completion_tokens=8,
-                                ttft_s=latency_s / 4, total_s=latency_s, ok=ok, mean_logprob=-1.2)
+                                ttft_s=latency_s / 4, total_s=latency_s, ok=ok, mean_logprob=mean_logprob)
             events.append(Event(self.seq, ts or time.time(), TelemetryKind.REQUEST, body))
         r = self.http.post("/v1/telemetry", json=Batch("sim" + self.id[:8], tuple(events)).to_json())
         r.raise_for_status()

@@ -17,7 +17,6 @@ from fleet2_harness import ADMIN, Registry, SimDevice, ThreadServer
 from edgegen.drift.monitor import DriftMonitor
 from edgegen.fleet.app import create_app
 from edgegen.fleet.rollout_client import RolloutClient
-from edgegen.fleet.routes.rollouts import INTERVAL_KEY
 from edgegen.fleet.state import ControlPlaneConfig
 from edgegen.runtime.engine import Engine, SamplingParams
 from edgegen.serve import BackgroundServer, ServerConfig
@@ -34,13 +33,13 @@ def test_shifted_prompts_raise_a_drift_alert_that_halts_the_rollout(
         tmp_path: Path, stories_gguf: Path, shakespeare: Path) -> None:
     reg = Registry.create(tmp_path)
     app = create_app(ControlPlaneConfig(data_dir=tmp_path / "cp", admin_token=ADMIN, keys_dir=reg.keys.dir))
-    app.state.fleet.extras[INTERVAL_KEY] = 0
+    app.state.fleet.config.rollout_interval_s = 0  # no background loop: the test ticks explicitly
     cp = ThreadServer(app)
     client = RolloutClient(cp.url, ADMIN)
     edge = None
     try:
         reg.publish_bytes(client, "stories", 1, b"one" * 64)
-        client.policy("stories")
+        client.release("stories", 1)
         device = SimDevice(cp.url, client.enroll_token(model="stories"), "edge-drift")
         device.http_model = "stories"
         device.sync()
@@ -86,7 +85,9 @@ def test_shifted_prompts_raise_a_drift_alert_that_halts_the_rollout(
         metrics = client.metrics()
         assert f'edgegen_drift_alerts_total{{device="{device.id}",model_version="2"}} 1' in metrics
         assert f'edgegen_drift_windows_total{{device="{device.id}",model_version="2"}} 2' in metrics
-        page = httpx.get(cp.url + "/dashboard", headers={"Authorization": f"Bearer {ADMIN}"}).text
+        with httpx.Client(base_url=cp.url, follow_redirects=True) as console:
+            console.post("/login", data={"token": ADMIN, "next": "/console/drift"})
+            page = console.get("/console/drift").text
         assert page.count('class="drift-alert"') == 1 and ("letters" in page or "frac_" in page)
         print(f"\ndevice drift: window 1 (Shakespeare) {reports[0].reasons or 'no drift'}; window 2 "
               f"(stdlib docstrings) drift: {'; '.join(reports[1].reasons)}; rollout halted: {halted['reason']}")

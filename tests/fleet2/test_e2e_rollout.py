@@ -107,7 +107,7 @@ def test_ten_agents_staged_rollouts(tmp_path: Path, stories_gguf: Path, smollm2_
         return p
 
     spawn("control-plane", ["fleet", "serve", "--data", str(tmp_path / "cp"), "--keys", str(reg.keys.dir),
-                            "--admin-token", ADMIN, "--port", str(port)])
+                            "--admin-token", ADMIN, "--port", str(port), "--insecure"])
     url = f"http://127.0.0.1:{port}"
     client = RolloutClient(url, ADMIN)
     try:
@@ -117,7 +117,7 @@ def test_ten_agents_staged_rollouts(tmp_path: Path, stories_gguf: Path, smollm2_
         v1 = make_variant(stories_gguf, variants / "v1.gguf", "stories-v01")
         v2 = make_variant(stories_gguf, variants / "v2.gguf", "stories-v02")
         reg.publish_file(client, "stories", 1, v1)
-        client.policy("stories", staged=True)
+        client.release("stories", 1)
         dirs = [tmp_path / f"agent{i}" for i in range(N_AGENTS)]
         for i, d in enumerate(dirs):
             spawn(f"agent{i}", ["agent", "run", "--data-dir", str(d), "--server", url, "--name", f"edge-{i}",

@@ -13,7 +13,6 @@ from fleet2_harness import ADMIN, Registry, SimDevice, ThreadServer
 from edgegen.errors import UserInputError
 from edgegen.fleet.app import create_app
 from edgegen.fleet.rollout_client import RolloutClient
-from edgegen.fleet.routes.rollouts import INTERVAL_KEY
 from edgegen.fleet.state import ControlPlaneConfig
 
 GATES = ["update_failure_rate<0@1", "error_rate<0.1@1", "p95_latency_ms<500@1"]
@@ -31,11 +30,11 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path):
     reg = Registry.create(tmp_path)
     app = create_app(ControlPlaneConfig(data_dir=tmp_path / "cp", admin_token=ADMIN, keys_dir=reg.keys.dir,
                                         db_url=db_url))
-    app.state.fleet.extras[INTERVAL_KEY] = 0  # no background loop: the test ticks explicitly
+    app.state.fleet.config.rollout_interval_s = 0  # no background loop: the test ticks explicitly
     server = ThreadServer(app)
     client = RolloutClient(server.url, ADMIN)
     reg.publish_bytes(client, "smol", 1, b"model one" * 100)
-    assert client.policy("smol", staged=True)["released_version"] == 1  # later versions wait for rollouts
+    assert client.release("smol", 1)["released_version"] == 1  # publishing ships nothing: release v1 at once
     token = lambda: client.enroll_token(model="smol", group="g")  # noqa: E731
     devices = [SimDevice(server.url, token(), f"d{i}") for i in range(10)]
     for d in devices:

@@ -80,10 +80,10 @@ class FakeServer:
         self.observers: list = []
         self.started: list[Path] = []
 
-    def start(self, model_path: Path) -> None:
+    def start(self, model_path: Path, **kw: object) -> None:
         self.started.append(model_path)
 
-    def swap(self, model_path: Path) -> None:
+    def swap(self, model_path: Path, **kw: object) -> None:
         self.started.append(model_path)
 
     def stop(self) -> None:

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from edgegen.backoff import backoff_delay
 from edgegen.errors import TelemetryError
 from edgegen.telemetry.events import Ack, Batch, TelemetryKind
 from edgegen.telemetry.spool import Spool
-from edgegen.telemetry.uploader import Uploader, UploadThread, backoff_delay
+from edgegen.telemetry.uploader import Uploader, UploadThread
 
 
 class MemoryCollector:

@@ -9,11 +9,14 @@ The transport is injectable (tests put a hostile mirror in between).
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import httpx
 
 from edgegen.errors import AuthError, FleetError, OversizeError
+
+DELTA_TIMEOUT_S = 600.0  # the first device to ask makes the delta on the control plane (~1 s per 10 MB)
 
 
 def _reason(r: httpx.Response) -> str:
@@ -25,12 +28,16 @@ def _reason(r: httpx.Response) -> str:
 
 class ControlPlaneClient:
     def __init__(self, server: str, credential: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None, max_metadata_bytes: int = 256 * 1024) -> None:
+                 transport: httpx.BaseTransport | None = None, max_metadata_bytes: int = 256 * 1024,
+                 verify: ssl.SSLContext | None = None) -> None:
+        """``verify``: the TLS context pinning the fleet CA (``agent.tls.DeviceTls.context``); None
+        for a plain-http control plane (an https URL without it fails: there is no system trust)."""
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.server = server.rstrip("/")
         self.max_metadata_bytes = max_metadata_bytes
         self.http = httpx.Client(base_url=self.server, headers=headers, transport=transport,
-                                 timeout=httpx.Timeout(timeout, connect=5.0))
+                                 timeout=httpx.Timeout(timeout, connect=5.0),
+                                 verify=verify if verify is not None else True)
 
     def close(self) -> None:
         self.http.close()
@@ -41,9 +48,10 @@ class ControlPlaneClient:
         if r.status_code >= 400:
             raise FleetError(f"control plane answered {r.status_code} to {what}: {_reason(r)}")
 
-    def get_capped(self, path: str, what: str, *, missing_ok: bool = False) -> bytes | None:
+    def get_capped(self, path: str, what: str, *, missing_ok: bool = False,
+                   timeout: float | None = None) -> bytes | None:
         try:
-            with self.http.stream("GET", path) as r:
+            with self.http.stream("GET", path, **({"timeout": timeout} if timeout else {})) as r:
                 if missing_ok and r.status_code == 404:
                     return None
                 if r.status_code >= 400:
@@ -73,9 +81,12 @@ class ControlPlaneClient:
 
     # ---- calls ---------------------------------------------------------------------------------
 
-    def enroll(self, token: str, name: str = "", labels: dict[str, str] | None = None) -> dict[str, Any]:
-        return self._json("POST", "/v1/enroll", "enrolment", json={"token": token, "name": name,
-                                                                   "labels": labels or {}})
+    def enroll(self, token: str, name: str = "", labels: dict[str, str] | None = None,
+               csr: bytes | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"token": token, "name": name, "labels": labels or {}}
+        if csr is not None:
+            body["csr"] = csr.decode()
+        return self._json("POST", "/v1/enroll", "enrolment", json=body)
 
     def desired(self) -> dict[str, Any]:
         return self._json("GET", "/v1/device/desired", "desired state")
@@ -87,6 +98,18 @@ class ControlPlaneClient:
         data = self.get_capped(f"/v1/device/manifests/{name}/{version}", f"manifest {name} v{version}")
         assert data is not None
         return data
+
+    def delta(self, name: str, version: int, base_sha256: str) -> dict[str, Any] | None:
+        """The control plane's delta offer from ``base_sha256`` (untrusted), or None (take the full transfer)."""
+        data = self.get_capped(f"/v1/device/deltas/{name}/{version}?base={base_sha256}", f"delta to {name} v{version}",
+                               missing_ok=True, timeout=DELTA_TIMEOUT_S)
+        if data is None:
+            return None
+        try:
+            offer = json.loads(data)
+        except ValueError as exc:
+            raise FleetError("delta offer: the control plane did not answer JSON") from exc
+        return offer if isinstance(offer, dict) else None
 
     def blob_url(self, sha256: str) -> str:
         return f"/v1/device/blobs/{sha256}"

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from edgegen.agent.journal import crashpoint
 from edgegen.agent.trust import check_received
+from edgegen.durable import crashpoint
 from edgegen.errors import AuthError, FleetError, OversizeError, TrustError
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")

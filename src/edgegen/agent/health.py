@@ -2,7 +2,8 @@
 enough. Runs in the agent's process on the inactive slot while the active model keeps serving.
 
     HealthPolicy(max_latency_s, n_tokens, prompt)   the bar (load + first tokens within the bound)
-    check_health(path, policy) -> HealthReport      or ``HealthCheckError`` saying which part failed
+    check_health(path, policy, adapter=) -> HealthReport   or ``HealthCheckError`` saying which part
+                                                   failed; with a LoRA ``adapter``, base + adapter
 
 This module does not decide what happens after a failure (the agent keeps the old slot).
 """
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgegen.agent.journal import crashpoint
+from edgegen.durable import crashpoint
 from edgegen.errors import EdgegenError, FleetError
 
 
@@ -42,13 +43,15 @@ class HealthReport:
                 "tokens": self.tokens, "text": self.text[:80]}
 
 
-def check_health(path: Path, policy: HealthPolicy = HealthPolicy()) -> HealthReport:
+def check_health(path: Path, policy: HealthPolicy = HealthPolicy(), *, adapter: Path | None = None) -> HealthReport:
+    """Load ``path`` (GGUF or ONNX folder; with the LoRA ``adapter`` applied, if any) and generate a few tokens."""
     from edgegen.runtime.base import open_engine
     from edgegen.runtime.engine import SamplingParams
 
     t0 = time.perf_counter()
     try:
-        engine = open_engine(path, n_ctx=policy.n_ctx, n_threads=policy.n_threads)  # GGUF or ONNX folder
+        engine = open_engine(path, n_ctx=policy.n_ctx, n_threads=policy.n_threads,
+                             **({"lora_path": adapter} if adapter is not None else {}))
     except EdgegenError as exc:
         raise HealthCheckError(f"the model does not load: {exc}") from exc
     load_s = time.perf_counter() - t0

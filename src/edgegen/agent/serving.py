@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 class ModelServer(Protocol):
     url: str | None
 
-    def start(self, model_path: Path) -> None: ...
+    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None: ...
 
-    def swap(self, model_path: Path) -> None: ...
+    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -39,15 +39,16 @@ class NullServer:
 
     def __init__(self) -> None:
         self.model_path: Path | None = None
+        self.adapter: Path | None = None
 
-    def start(self, model_path: Path) -> None:
-        self.model_path = model_path
+    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
+        self.model_path, self.adapter = model_path, adapter
 
-    def swap(self, model_path: Path) -> None:
-        self.model_path = model_path
+    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
+        self.model_path, self.adapter = model_path, adapter
 
     def stop(self) -> None:
-        self.model_path = None
+        self.model_path = self.adapter = None
 
 
 class _Observe:
@@ -131,17 +132,19 @@ class EdgeServer:
         self._runner: Any = None
         self._app: Any = None
 
-    def _engine(self, model_path: Path) -> Any:
+    def _engine(self, model_path: Path, adapter: Path | None) -> Any:
         from edgegen.runtime.base import open_engine
 
-        return open_engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        return open_engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                           **({"lora_path": adapter} if adapter is not None else {}))
 
-    def start(self, model_path: Path) -> None:
+    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
+        """``model_id``: the name answers carry (default: from the manifest beside ``model_path``)."""
         from edgegen.serve import BackgroundServer, ServerConfig, create_app
 
-        engine = self._engine(model_path)  # a model that does not load fails here, before binding
+        engine = self._engine(model_path, adapter)  # a model that does not load fails here, before binding
         config = self.config or ServerConfig()
-        config.model_id = model_id(model_path)
+        config.model_id = model_id or slot_model_id(Path(model_path).parent)
         if self.observers:  # Fleet II: token log-probabilities feed the drift/quality signals
             import dataclasses
 
@@ -158,14 +161,14 @@ class EdgeServer:
         self.url = self._runner.url
         log.info("edge server on %s serving %s", self.url, config.model_id)
 
-    def swap(self, model_path: Path) -> None:
-        """Load the new model beside the old one, then switch: requests admitted from now on use it,
-        in-flight ones finish on the old model, which is closed afterwards."""
+    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
+        """Load the new model (or base + new adapter) beside the old one, then switch: requests
+        admitted from now on use it, in-flight ones finish on the old one, which is closed afterwards."""
         if self._runner is None:
-            self.start(model_path)
+            self.start(model_path, adapter=adapter, model_id=model_id)
             return
-        engine = self._engine(model_path)
-        self._app.state.server.replace_engine(engine, model_id=model_id(model_path))
+        engine = self._engine(model_path, adapter)
+        self._app.state.server.replace_engine(engine, model_id=model_id or slot_model_id(Path(model_path).parent))
 
     def stop(self) -> None:
         if self._runner is not None:
@@ -174,12 +177,18 @@ class EdgeServer:
         self.url = None
 
 
-def model_id(model_path: Path) -> str:
-    """``<name>@v<version>`` from the slot's manifest beside the model file, else the file name."""
+def slot_model_id(d: Path) -> str:
+    """``<name>@v<version>`` from the slot directory's manifest, else the directory's name; for an
+    adapter slot ``<base>@v<n>+<adapter>@v<m>`` (the multi-LoRA servers' ``base+adapter`` naming)."""
     import json
 
+    d = Path(d)
     try:
-        signed = json.loads((Path(model_path).parent / "manifest.json").read_bytes())["signed"]
-        return f"{signed['name']}@v{signed['version']}"
+        signed = json.loads((d / "manifest.json").read_bytes())["signed"]
+        this = f"{signed['name']}@v{signed['version']}"
+        if signed.get("kind") != "adapter":
+            return this
+        base = json.loads((d / "base.json").read_bytes())["signed"]
+        return f"{base['name']}@v{base['version']}+{this}"
     except (OSError, ValueError, KeyError, TypeError):
-        return Path(model_path).name
+        return d.name

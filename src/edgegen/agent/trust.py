@@ -11,6 +11,11 @@ clock (``now`` is an argument). The I/O shell (``agent.py``) fetches bytes and a
                                           unknown key), binding to the model and the version the
                                           control plane announced (mix and match), strictly newer
                                           than the version running (rollback), not expired (freeze)
+    state.verify_desired(bytes, ...)      the signed desired-state statement: signed by the
+                                          ``freshness`` role, for this device, not older than the
+                                          newest one seen (replay), not expired (freeze)
+    check_adapter_base(manifest, sha)     an adapter only onto the base model it names (wrong base)
+    delta_budget(manifest, offer)         an offered delta must be smaller than the full transfer
     download_budget(manifest, enc, lim)   how many bytes a download may take (endless data)
     check_artifact(manifest, sha, size)   the bytes are the ones the manifest names (tampering)
 
@@ -32,6 +37,7 @@ from edgegen.errors import (
     TrustError,
 )
 from edgegen.fleet.signing import (
+    DesiredState,
     Manifest,
     MetadataFormatError,
     RootMeta,
@@ -158,6 +164,38 @@ class TrustedState:
             )
         return manifest
 
+    # ---- desired state (freshness) -------------------------------------------------------------
+
+    @property
+    def requires_freshness(self) -> bool:
+        """True once the trusted root delegates a ``freshness`` role: unsigned hints are refused."""
+        return "freshness" in self.root.roles
+
+    def verify_desired(self, data: bytes, *, device: str, now: datetime,
+                       newest_issued: datetime | None) -> DesiredState:
+        """The desired-state statement the device may act on now, or a ``TrustError``.
+
+        ``newest_issued``: the ``issued`` time of the newest statement this device accepted (an
+        older one is a replay); ``now`` at or past ``expires`` is a freeze: a mirror or a man in the
+        middle that keeps answering "stay" cannot do so beyond the statement's few minutes."""
+        if not self.requires_freshness:
+            raise BindingError(f"trusted root v{self.root.version} delegates no freshness role")
+        _check_size(data, self.limits.max_metadata_bytes, "desired state")
+        env = load_envelope(data, "desired")
+        state = DesiredState.from_signed(env["signed"])
+        require_threshold(env, self.root.roles["freshness"], self.root.keys, "desired state")
+        if state.device != device:
+            raise BindingError(f"desired state is for device {state.device!r}, this is {device!r}")
+        if newest_issued is not None and state.issued < newest_issued:
+            raise RollbackError(
+                f"desired state issued {state.issued:%Y-%m-%d %H:%M:%S}Z is older than one already seen "
+                f"({newest_issued:%Y-%m-%d %H:%M:%S}Z): a replay")
+        if now >= state.expires:
+            raise FreezeError(
+                f"desired state expired at {state.expires:%Y-%m-%d %H:%M:%S}Z: the control plane's answer is "
+                "stale (a replayed or frozen answer)")
+        return state
+
 
 def download_budget(manifest: Manifest, encoding: str | None) -> tuple[int, str]:
     """(exact byte count, sha256) of the bytes to download for ``encoding`` (None: identity)."""
@@ -167,6 +205,33 @@ def download_budget(manifest: Manifest, encoding: str | None) -> tuple[int, str]
     if t is None:
         raise BindingError(f"manifest v{manifest.version} has no {encoding} transfer")
     return t.size, t.sha256
+
+
+def check_adapter_base(manifest: Manifest, installed_base_sha256: str | None) -> None:
+    """An adapter installs only onto the exact base model it was made for (``base_sha256`` in its
+    signed manifest); an adapter for another base, or with no base installed, is a ``BindingError``."""
+    if not manifest.is_adapter:
+        return
+    if installed_base_sha256 is None:
+        raise BindingError(f"adapter {manifest.name} v{manifest.version} needs its base model "
+                           f"{str(manifest.base_sha256)[:16]}... installed first; this device runs none")
+    if manifest.base_sha256 != installed_base_sha256:
+        raise BindingError(f"adapter {manifest.name} v{manifest.version} is for base model "
+                           f"{str(manifest.base_sha256)[:16]}..., this device runs base "
+                           f"{installed_base_sha256[:16]}...")
+
+
+def delta_budget(manifest: Manifest, offer: dict[str, object]) -> tuple[int, str]:
+    """(byte count, sha256) of an offered delta: it must be smaller than every full transfer of
+    ``manifest`` (a delta that is not is refused: the full transfer is cheaper and signed). The
+    offer is unsigned; the reconstruction is checked against the manifest (``check_artifact``)."""
+    size, sha = offer.get("size"), offer.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(sha, str) or len(sha) != 64:
+        raise BindingError("malformed delta offer")
+    full = min([manifest.size, *(t.size for t in manifest.transfers.values())])
+    if size >= full:
+        raise OversizeError(f"a delta of {size} bytes is not smaller than the full transfer ({full} bytes)")
+    return size, sha
 
 
 def check_received(what: str, expected_sha: str, expected_size: int, sha256: str, size: int) -> None:

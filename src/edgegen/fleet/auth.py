@@ -1,7 +1,9 @@
 """Who is calling: FastAPI dependencies for the admin and for enrolled devices.
 
     SessionDep    a SQLAlchemy ``Session`` for the request (committed by the route, closed after)
-    AdminDep      ``Authorization: Bearer <admin token>``; 401 otherwise
+    AdminDep      ``Authorization: Bearer <admin token>``; 401 "admin token required" without one,
+                  401 "wrong admin token" for a wrong one; or the web console's session
+                  cookie with its CSRF header (``console_auth``)
     DeviceDep     ``Authorization: Bearer <device id>.<secret>``; 401 for an unknown or wrong
                   credential, 403 for a revoked device; each refusal is recorded as an
                   ``auth_refused`` device event (with the device id when the id is known)
@@ -15,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
+from edgegen.fleet import console_auth
 from edgegen.fleet.db import Device, DeviceEvent, EventKind, utcnow
 from edgegen.fleet.state import ControlPlane
 
@@ -56,8 +60,24 @@ def _bearer(request: Request) -> str | None:
 
 def require_admin(request: Request) -> None:
     token = _bearer(request)
-    if token is None or not secret_matches(token, control_plane(request).admin_token_digest):
+    if token is None:
+        if _console_session(request):  # the web console: its cookie plus the CSRF header
+            return
         raise HTTPException(401, "admin token required", headers={"WWW-Authenticate": "Bearer"})
+    if not secret_matches(token, control_plane(request).admin_token_digest):
+        raise HTTPException(401, "wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _console_session(request: Request) -> bool:
+    """A console login cookie; then the CSRF header must match it (403 otherwise)."""
+    cookie = request.cookies.get(console_auth.COOKIE)
+    digest = control_plane(request).admin_token_digest
+    if not console_auth.session_valid(cookie, digest, time.time()):
+        return False
+    assert cookie is not None
+    if not console_auth.csrf_valid(cookie, digest, request.headers.get(console_auth.CSRF_HEADER)):
+        raise HTTPException(403, "console request without a valid CSRF token")
+    return True
 
 
 def _refuse(request: Request, status: int, reason: str, device_id: str | None) -> HTTPException:

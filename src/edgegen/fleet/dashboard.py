@@ -1,9 +1,10 @@
-"""What the dashboard shows, gathered from the database into plain dicts (rendering is Jinja2's).
+"""What the console's overview shows, gathered from the database into plain dicts (rendering is
+Jinja2's; the other pages' data is in ``fleet/console.py``).
 
     dashboard_view(session, now) -> dict
         devices     id, name, group, model, version, status, online, last seen, telemetry counts
         rollouts    newest first: version, state, stages with the current one marked, members on
-                    the new version, last decision and history
+                    the new version while it runs, its result once it ended, last decision, history
         charts      inline SVG: requests per minute, p95 latency and p95 TTFT per minute by version
         drift       recent drift alerts (windows whose comparison with the reference drifted)
         logs        recent remote log records
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from edgegen.fleet.charts import Series, line_chart, minute_series, p95
 from edgegen.fleet.db import Device
+from edgegen.fleet.rollout import result as ro_result
 from edgegen.fleet.rollout import stage_size
 from edgegen.fleet.rollout_db import RolloutEventRow, RolloutRow, to_domain
 from edgegen.telemetry import store
@@ -63,9 +65,9 @@ def _devices(session: Session, now: datetime) -> list[dict[str, Any]]:
     return out
 
 
-def _rollouts(session: Session, versions: dict[str, int | None]) -> list[dict[str, Any]]:
+def _rollouts(session: Session, versions: dict[str, int | None], limit: int = 10) -> list[dict[str, Any]]:
     out = []
-    for row in session.scalars(select(RolloutRow).order_by(RolloutRow.id.desc()).limit(10)):
+    for row in session.scalars(select(RolloutRow).order_by(RolloutRow.id.desc()).limit(limit)):
         r = to_domain(row)
         members = r.members()
         on = sum(1 for m in members if versions.get(m) == r.version)
@@ -75,6 +77,7 @@ def _rollouts(session: Session, versions: dict[str, int | None]) -> list[dict[st
         events = session.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == r.id)
                                  .order_by(RolloutEventRow.id.desc()).limit(6))
         out.append({
+            "result": ro_result(r),
             "id": r.id, "model": r.model, "version": r.version, "previous": r.previous_version,
             "rollback": r.rollback_version, "group": r.group, "state": r.state.value, "percent": r.percent,
             "stages": stages, "members": len(members), "on_target": on, "devices": len(r.devices),

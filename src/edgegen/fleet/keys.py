@@ -1,10 +1,13 @@
 """The publisher's keyring on disk: Ed25519 keys (0600) and the root metadata chain.
 
-    <keys>/root.key, <keys>/targets.key     the current private keys (PKCS#8 PEM, mode 0600)
+    <keys>/root.key, <keys>/targets.key     the current offline private keys (PKCS#8 PEM, 0600)
+    <keys>/freshness.key                    the online key of the ``freshness`` role: the control
+                                            plane signs short-lived desired-state statements with
+                                            it; it can sign nothing else a device would accept
     <keys>/retired/<role>-<keyid16>.key     keys rotated out (kept: an old root signs its successor)
     <keys>/root/<N>.root.json               every root version ever made (the chain devices walk)
 
-    Keyring.init(dir)             new root + targets keys and root v1 (self-signed)
+    Keyring.init(dir)             new root, targets and freshness keys and root v1 (self-signed)
     Keyring.open(dir)             an existing keyring
     keyring.rotate(role)          a new key for ``root`` or ``targets``; writes root v(n+1) signed by
                                   the old root key and (for a root rotation) the new one too
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from edgegen.durable import atomic_write
 from edgegen.errors import UserInputError
 from edgegen.fleet.signing import (
     RootMeta,
@@ -35,15 +39,7 @@ class KeyringError(UserInputError):
     pass
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+FRESHNESS_KEY_FILE = "freshness.key"
 
 
 @dataclass
@@ -52,6 +48,7 @@ class Keyring:
     root_key: SigningKey
     targets_key: SigningKey
     root: RootMeta
+    freshness_key: SigningKey | None = None  # the control plane's online key (copy it there)
 
     @property
     def root_path(self) -> Path:
@@ -70,14 +67,15 @@ class Keyring:
             raise KeyringError(f"{keys_dir} already holds a keyring; use `edgegen fleet keys rotate`")
         keys_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(keys_dir, 0o700)
-        root_key, targets_key = SigningKey.generate(), SigningKey.generate()
+        root_key, targets_key, fresh_key = SigningKey.generate(), SigningKey.generate(), SigningKey.generate()
         root_key.save(keys_dir / "root.key")
         targets_key.save(keys_dir / "targets.key")
+        fresh_key.save(keys_dir / FRESHNESS_KEY_FILE)
         signed = RootMeta.make_signed(1, (now or datetime.now(timezone.utc)) + timedelta(days=expires_days),
-                                      [root_key.public], [targets_key.public])
+                                      [root_key.public], [targets_key.public], freshness_keys=[fresh_key.public])
         env = sign(signed, [root_key])
         atomic_write(keys_dir / "root" / "1.root.json", canonical_json(env))
-        return cls(keys_dir, root_key, targets_key, verify_root(env))
+        return cls(keys_dir, root_key, targets_key, verify_root(env), fresh_key)
 
     @classmethod
     def open(cls, keys_dir: Path) -> Keyring:
@@ -88,7 +86,9 @@ class Keyring:
         root = verify_root(load_envelope(files[0].read_bytes(), "root"))
         for path in files[1:]:
             root = check_root_successor(root, load_envelope(path.read_bytes(), "root"))
-        ring = cls(keys_dir, SigningKey.load(keys_dir / "root.key"), SigningKey.load(keys_dir / "targets.key"), root)
+        fresh = keys_dir / FRESHNESS_KEY_FILE
+        ring = cls(keys_dir, SigningKey.load(keys_dir / "root.key"), SigningKey.load(keys_dir / "targets.key"), root,
+                   SigningKey.load(fresh) if fresh.exists() and "freshness" in root.roles else None)
         for role, key in (("root", ring.root_key), ("targets", ring.targets_key)):
             if key.keyid not in root.roles[role].keyids:
                 raise KeyringError(f"{keys_dir}/{role}.key is not a {role} key of root v{root.version}")
@@ -111,7 +111,8 @@ class Keyring:
             self.targets_key = new_key
         expires = (now or datetime.now(timezone.utc)) + timedelta(days=expires_days)
         signed = RootMeta.make_signed(self.root.version + 1, expires,
-                                      [self.root_key.public], [self.targets_key.public])
+                                      [self.root_key.public], [self.targets_key.public],
+                                      freshness_keys=[self.freshness_key.public] if self.freshness_key else [])
         signers = [old_root_key] if role == "targets" else [old_root_key, new_key]
         env = sign(signed, signers)
         self.root = check_root_successor(self.root, env)

@@ -12,7 +12,7 @@ Private keys never leave this machine: the control plane receives signed bytes o
 from __future__ import annotations
 
 import hashlib
-import os
+import ssl
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from edgegen.durable import commit_file
 from edgegen.errors import FleetError, UserInputError
 from edgegen.fleet.signing import Manifest, SigningKey, Transfer, canonical_json, sign
 
@@ -51,7 +52,7 @@ def compress_zstd(src: Path, dst: Path, level: int = 3) -> tuple[str, int]:
     tmp = dst.with_name(dst.name + ".tmp")
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         zstandard.ZstdCompressor(level=level, threads=-1).copy_stream(fin, fout, size=src.stat().st_size)
-    os.replace(tmp, dst)
+    commit_file(tmp, dst)
     return sha256_file(dst)
 
 
@@ -75,10 +76,17 @@ def build_release(
     architecture: str | None = None,
     quantization: str | None = None,
     zstd_level: int | None = 3,
+    base_sha256: str | None = None,
 ) -> Release:
+    """Sign a manifest for ``artifact``; with ``base_sha256`` the artifact must be a LoRA adapter GGUF
+    and the manifest (kind ``adapter``) binds it to that base model file."""
     artifact = Path(artifact)
     if not artifact.is_file():
         raise UserInputError(f"no artifact file at {artifact}")
+    if base_sha256 is not None:
+        from edgegen.formats.lora_gguf import adapter_info
+
+        adapter_info(artifact)  # InvalidModelError unless general.type = adapter, adapter.type = lora
     if architecture is None or quantization is None:
         arch, quant = describe_artifact(artifact)
         architecture = architecture if architecture is not None else arch
@@ -96,6 +104,7 @@ def build_release(
         name=name, version=version, sha256=sha, size=size, architecture=architecture,
         quantization=quantization, created=now, expires=now + timedelta(days=expires_days), transfers=transfers,
         engine="llamacpp", format="gguf",  # build_release takes one file, which describe_artifact read as GGUF
+        kind="adapter" if base_sha256 is not None else "model", base_sha256=base_sha256,
     )
     envelope = canonical_json(sign(manifest.to_signed(), [key]))
     return Release(manifest, envelope, artifact, zst)
@@ -104,9 +113,11 @@ def build_release(
 class AdminClient:
     """Thin client of the admin API; HTTP errors become ``FleetError``/``UserInputError``."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 600.0, transport: httpx.BaseTransport | None = None):
+    def __init__(self, url: str, token: str, *, timeout: float = 600.0, transport: httpx.BaseTransport | None = None,
+                 verify: ssl.SSLContext | None = None):
+        """``verify``: for https, the operator's TLS context (``fleet.tls.admin_context``)."""
         self.http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout, transport=transport)
+                                 timeout=timeout, transport=transport, verify=verify if verify is not None else True)
 
     def close(self) -> None:
         self.http.close()
@@ -122,6 +133,8 @@ class AdminClient:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise FleetError(f"control plane unreachable at {self.http.base_url}: {exc}") from exc
+        if r.status_code == 401:
+            raise UserInputError(f"control plane at {self.http.base_url} refused the admin token: {_detail(r)}")
         if r.status_code in (400, 404, 409, 422):
             raise UserInputError(f"control plane refused {method} {path}: {_detail(r)}")
         if r.status_code >= 400:
@@ -146,6 +159,11 @@ class AdminClient:
         return self._call("POST", "/v1/admin/versions", content=envelope,
                           headers={"Content-Type": "application/json"})
 
+    def release(self, model: str, version: int) -> dict[str, Any]:
+        """Every device of ``model`` outside a rollout runs ``version`` now (no stages, no gates):
+        ``fleet publish --to all --now``. Publishing alone ships nothing."""
+        return self._call("POST", f"/v1/admin/rollouts/release/{model}", json={"version": version})
+
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/admin/models")
 
@@ -163,8 +181,18 @@ class AdminClient:
         body = {"model": model, "group": group, "labels": labels or {}, "ttl_s": ttl_s}
         return self._call("POST", "/v1/admin/enroll-tokens", json=body)["token"]
 
+    def enroll_bundle(self, *, model: str | None = None, group: str | None = None,
+                      labels: dict[str, str] | None = None, ttl_s: float | None = None) -> dict[str, Any]:
+        """A token with its enrolment bundle (fleet CA; on a mutual-TLS fleet an enrolment certificate)."""
+        body = {"model": model, "group": group, "labels": labels or {}, "ttl_s": ttl_s}
+        out = self._call("POST", "/v1/admin/enroll-tokens", json=body)
+        return {"server": str(self.http.base_url).rstrip("/"), **out.get("bundle", {"token": out["token"]})}
+
     def devices(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/admin/devices")
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/admin/devices/{device_id}")
 
     def revoke(self, device_id: str, reason: str = "") -> Any:
         return self._call("POST", f"/v1/admin/devices/{device_id}/revoke", json={"reason": reason})

@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from edgegen.durable import fsync_dir
 from edgegen.errors import FleetError, TrustError, UserInputError
 from edgegen.fleet.db import Blob, Model, ModelVersion, RootVersion, utcnow
 from edgegen.fleet.signing import (
@@ -92,12 +93,8 @@ class BlobWriter:
         sha = self._h.hexdigest()
         if expected_sha256 is not None and sha != expected_sha256:
             raise PublishError(f"uploaded bytes hash to {sha}, not {expected_sha256}")
-        os.replace(self._tmp, self.store.path(sha))
-        dir_fd = os.open(self.store.root / "sha256", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        os.replace(self._tmp, self.store.path(sha))  # the file was fsynced above
+        fsync_dir(self.store.root / "sha256")
         return sha, self.size
 
     def abort(self) -> None:

@@ -24,9 +24,28 @@ Gates are thresholds on update failure rate, error rate, p95 latency (absolute, 
 previous version's p95 on the same group: robust to the load of the moment), quality (drop of the
 mean output log-probability against the previous version's baseline) and drift alerts, each needing a
 minimum number of reporting devices (capped at the stage size, so a 1-device canary can pass).
-Operators pause, resume and abort. A model becomes *staged* with its first rollout (or by the
-operator's choice): from then on a newly published version reaches no device until a rollout
-ships it. Everything here takes values and returns values; the store,
+The gate grammar (``Gate.parse``, ``merge_gates``)::
+
+    GATE     := METRIC OP THRESHOLD ["@" DEVICES]    e.g. error_rate<0.05@3, p95_latency_ms<=800
+              | METRIC "=off"                         drop that metric's default gate
+    OP       := "<" | "<="                            both read "holds while value <= THRESHOLD"
+    DEVICES  := how many stage devices must report before the gate may pass (default 1; capped at
+                the stage size). ``@1``: one reporting device is enough.
+
+A gate given by the operator replaces the default gate *of the same metric* only; the other
+defaults stay unless removed with ``METRIC=off``.
+
+No traffic: request-based gates (error rate, latency, log-prob, drift) need requests. A stage
+whose devices have all installed (the agent's post-install health check is a synthetic request on
+the new version, and a failure there counts as a failed update) but that saw too few requests
+after ``no_traffic_s`` follows the rollout's ``NoTraffic`` policy: ``advance`` on install health
+alone (the default; the decision says so), ``halt``, or ``wait`` for real traffic for ever.
+Time windows are the control plane's (stage start by its clock, reports by receipt time), so device
+clock skew cannot move a report in or out of a stage.
+
+Operators pause, resume and abort. Every model is *staged*: a newly published version reaches no
+device until a rollout ships it (or the operator releases it to all devices at once; or opts the
+model into live publishing). Everything here takes values and returns values; the store,
 clock and telemetry queries live in ``fleet/rollout_db.py``. This module does no I/O.
 """
 
@@ -63,6 +82,18 @@ class GateMetric(str, Enum):
     DRIFT_RATE = "drift_rate"  # devices with a drift alert / devices on the new version
 
 
+class NoTraffic(str, Enum):
+    """What a settled stage does when request-based gates still lack reports after ``no_traffic_s``."""
+
+    ADVANCE = "advance"  # on install health alone (failed installs still halt)
+    HALT = "halt"
+    WAIT = "wait"  # hold until enough devices report requests
+
+
+TRAFFIC_METRICS = frozenset({GateMetric.ERROR_RATE, GateMetric.P95_LATENCY_MS, GateMetric.P95_LATENCY_RATIO,
+                             GateMetric.LOGPROB_DROP, GateMetric.DRIFT_RATE})
+
+
 class Action(str, Enum):
     HOLD = "hold"
     ADVANCE = "advance"
@@ -71,6 +102,9 @@ class Action(str, Enum):
 
 
 _GATE_RE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*(?:@\s*(\d+))?\s*$")
+_OFF_RE = re.compile(r"^\s*([a-z0-9_]+)\s*=\s*off\s*$")
+GATE_GRAMMAR = "METRIC<THRESHOLD[@DEVICES] or METRIC=off"
+
 
 
 @dataclass(frozen=True)
@@ -86,7 +120,9 @@ class Gate:
         """``"p95_latency_ms<800@3"``: metric, threshold, optional minimum of reporting devices."""
         m = _GATE_RE.match(text)
         if not m:
-            raise InvalidRolloutError(f"gate {text!r} is not of the form METRIC<VALUE[@MIN_DEVICES].")
+            raise InvalidRolloutError(
+                f"gate {text!r} is not of the form METRIC<THRESHOLD[@DEVICES] (e.g. error_rate<0.05@2: "
+                "holds while the error rate is at most 0.05, once 2 devices report).")
         try:
             metric = GateMetric(m.group(1))
         except ValueError:
@@ -109,6 +145,24 @@ DEFAULT_GATES: tuple[Gate, ...] = (
     Gate(GateMetric.UPDATE_FAILURE_RATE, 0.0, 1),
     Gate(GateMetric.ERROR_RATE, 0.05, 1),
 )
+
+
+def merge_gates(specs: Iterable[str] | None, defaults: Sequence[Gate] = DEFAULT_GATES) -> tuple[Gate, ...]:
+    """The defaults, with each operator gate replacing the default of its metric, ``METRIC=off``
+    removing it, and new metrics appended (in the order given). Raises ``InvalidRolloutError``."""
+    gates: dict[GateMetric, Gate | None] = {g.metric: g for g in defaults}
+    for text in specs or ():
+        off = _OFF_RE.match(text)
+        if off:
+            try:
+                gates[GateMetric(off.group(1))] = None
+            except ValueError:
+                names = ", ".join(g.value for g in GateMetric)
+                raise InvalidRolloutError(f"unknown gate metric {off.group(1)!r}; use one of {names}.") from None
+            continue
+        g = Gate.parse(text)
+        gates[g.metric] = g
+    return tuple(g for g in gates.values() if g is not None)
 
 
 def parse_stages(text: str | Sequence[int]) -> tuple[int, ...]:
@@ -162,6 +216,8 @@ class Rollout:
     bake_s: float = 0.0  # minimum time a stage must run before it may advance
     settle_fraction: float = 1.0  # share of a stage's devices that must have installed or failed
     reason: str = ""
+    no_traffic_s: float = 600.0  # after this long in a settled stage without enough requests ...
+    on_no_traffic: NoTraffic = NoTraffic.ADVANCE  # ... do this
 
     @property
     def salt(self) -> str:
@@ -194,6 +250,30 @@ class Rollout:
                 return self.rollback_version if self.rollback_version is not None else active_version
             return self.before(device_id)
         return self.version if device_id in self.members() else self.before(device_id)
+
+
+def result(r: Rollout) -> str | None:
+    """How a rollout ended (None while it runs): history, not a live count of versions."""
+    if r.state is RolloutState.RUNNING:
+        return None
+    if r.state is RolloutState.PAUSED:
+        return f"paused at {r.percent}%: {r.reason}"
+    if r.state is RolloutState.COMPLETED:
+        return f"completed: v{r.version} released to {r.group} ({r.reason})"
+    back = (f"devices that installed v{r.version} go to v{r.rollback_version} (v{r.previous_version}'s bytes)"
+            if r.rollback_version is not None else f"devices that installed v{r.version} keep it (no rollback version)")
+    return f"{r.state.value} at {r.percent}%: {r.reason}; {back}"
+
+
+def rollback_note(r: Rollout) -> str:
+    """Which version number the rollout reserved for going back, and why (for its output)."""
+    if r.rollback_version is None:
+        return (f"no rollback version reserved: if this rollout halts or is aborted, devices that installed "
+                f"v{r.version} keep it (devices refuse older version numbers).")
+    prev = f"v{r.previous_version}'s bytes" if r.previous_version is not None else "the previous bytes"
+    return (f"v{r.rollback_version} reserved for rollback: {prev} signed as v{r.rollback_version}, because devices "
+            f"refuse older version numbers. Only devices that installed v{r.version} get it, and only if "
+            f"this rollout halts or is aborted; the next release must be v{r.rollback_version + 1} or newer.")
 
 
 # ---- what the store observed about the stage's devices -------------------------------------------
@@ -322,14 +402,25 @@ def decide(rollout: Rollout, devices: Sequence[DeviceHealth], now: float,
         return Decision(Action.HOLD, f"{settled}/{len(stage)} devices settled, {need_settled} needed",
                         readings)
     waiting = [r for r in readings if not r.enough]
+    elapsed = now - rollout.stage_started_at
+    note = ""
     if waiting:
-        return Decision(Action.HOLD, "waiting for reports: " + "; ".join(map(str, waiting)), readings)
-    if now - rollout.stage_started_at < rollout.bake_s:
-        return Decision(Action.HOLD, f"baking ({now - rollout.stage_started_at:.0f}/{rollout.bake_s:g}s)",
-                        readings)
+        quiet = all(r.gate.metric in TRAFFIC_METRICS for r in waiting)
+        what = "; ".join(map(str, waiting))
+        if not quiet or rollout.on_no_traffic is NoTraffic.WAIT or elapsed < rollout.no_traffic_s:
+            left = ("" if not quiet or rollout.on_no_traffic is NoTraffic.WAIT else
+                    f" (no-traffic policy '{rollout.on_no_traffic.value}' in {rollout.no_traffic_s - elapsed:.0f}s)")
+            return Decision(Action.HOLD, f"waiting for reports: {what}{left}", readings)
+        if rollout.on_no_traffic is NoTraffic.HALT:
+            return Decision(Action.HALT, f"no traffic for {elapsed:.0f}s (policy: halt): {what}", readings)
+        note = f"; no traffic for {elapsed:.0f}s, advanced on install health alone (policy: advance): {what}"
+    if elapsed < rollout.bake_s:
+        return Decision(Action.HOLD, f"baking ({elapsed:.0f}/{rollout.bake_s:g}s)", readings)
     last = rollout.stage_index == len(rollout.stages) - 1
     action = Action.COMPLETE if last else Action.ADVANCE
-    return Decision(action, f"stage {rollout.percent}% healthy", readings)
+    on = sum(d.on_target for d in stage)
+    return Decision(action, f"stage {rollout.percent}% healthy, {on}/{len(stage)} devices on v{rollout.version}{note}",
+                    readings)
 
 
 def apply(rollout: Rollout, decision: Decision, now: float) -> Rollout:
@@ -391,7 +482,8 @@ def desired_version(device_id: str, active_version: int | None, rollouts: Iterab
                     released: int | None = None) -> int | None:
     """The version a device should run, given one model's rollouts and published version numbers.
 
-    The newest rollout (highest id) that includes the device decides. A device outside every
+    The newest rollout (highest id) that includes the device decides, unless it completed (its
+    version was then released, and what is released later wins). A device outside every
     rollout follows, for a *staged* model (one whose new versions only ship through rollouts), the
     ``released`` version (the last completed rollout's, or what the fleet ran when the model became
     staged); otherwise the newest published version that no rollout holds back (``held_versions``).
@@ -399,6 +491,8 @@ def desired_version(device_id: str, active_version: int | None, rollouts: Iterab
     rollouts = list(rollouts)
     for r in sorted(rollouts, key=lambda r: r.id, reverse=True):
         if device_id in r.devices:
+            if r.state is RolloutState.COMPLETED and staged:
+                break  # done: its version was released; a later release or rollout supersedes it
             target = r.target_for(device_id, active_version)
             return target if target is not None else active_version
     if staged:

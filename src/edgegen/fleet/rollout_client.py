@@ -33,7 +33,8 @@ def rollback_manifest(previous_envelope: str | bytes, version: int, key: Signing
     now = now or datetime.now(timezone.utc)
     m = Manifest(name=prev.name, version=version, sha256=prev.sha256, size=prev.size,
                  architecture=prev.architecture, quantization=prev.quantization, created=now,
-                 expires=now + timedelta(days=expires_days), transfers=dict(prev.transfers))
+                 expires=now + timedelta(days=expires_days), transfers=dict(prev.transfers),
+                 kind=prev.kind, base_sha256=prev.base_sha256)
     return canonical_json(sign(m.to_signed(), [key]))
 
 
@@ -44,8 +45,13 @@ class RolloutClient(AdminClient):
 
     def start(self, model: str, version: int, group: str = "all", *, stages: str | list[int] = "10,50,100",
               gates: list[str] | None = None, key: SigningKey | None = None, bake_s: float = 0.0,
-              settle_fraction: float = 1.0, expires_days: float = 90.0) -> dict[str, Any]:
-        """Create a rollout; with ``key`` (the targets key) a rollback version is signed first."""
+              settle_fraction: float = 1.0, expires_days: float = 90.0, no_traffic_s: float = 600.0,
+              on_no_traffic: str = "advance") -> dict[str, Any]:
+        """Create a rollout; with ``key`` (the targets key) a rollback version is signed first.
+
+        The plan is asked first, so a rollout the control plane would refuse (e.g. a version not
+        newer than what members run) fails before any rollback version number is used up.
+        """
         rollback_version = None
         if key is not None:
             plan = self.plan(model, group, version)
@@ -56,7 +62,8 @@ class RolloutClient(AdminClient):
                 self.publish_envelope(rollback_manifest(plan["previous_manifest"], rollback_version, key,
                                                         expires_days=expires_days))
         body = {"model": model, "version": version, "group": group, "stages": stages, "gates": gates,
-                "rollback_version": rollback_version, "bake_s": bake_s, "settle_fraction": settle_fraction}
+                "rollback_version": rollback_version, "bake_s": bake_s, "settle_fraction": settle_fraction,
+                "no_traffic_s": no_traffic_s, "on_no_traffic": on_no_traffic}
         return self._call("POST", "/v1/admin/rollouts", json=body)
 
     def policy(self, model: str, staged: bool = True) -> dict[str, Any]:

@@ -3,11 +3,8 @@
     RolloutController(sessions, clock)   ``tick()`` evaluates every running rollout once and returns
                                          ``[(rollout_id, Decision)]``; operators' ``pause``,
                                          ``resume``, ``abort`` go through ``act``
-    ControllerThread                     ``tick`` every ``interval_s`` in a daemon thread
-    install(plane)                       make the control plane rollout-aware: the rollout policy
-                                         becomes ``plane.desired_resolver``
-    start_loop(plane, interval_s)        the background loop (started by the rollouts router's
-                                         lifespan, stopped with the app)
+    ControllerThread                     ``tick`` every ``interval_s`` in a daemon thread (started
+                                         and stopped by the app's lifespan, see ``fleet/app.py``)
 
 Each tick takes a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite serialises writers), so
 two control-plane processes cannot both advance one rollout. Decisions and their gate readings
@@ -32,15 +29,12 @@ from edgegen.fleet.rollout_db import (
     RolloutRow,
     log_event,
     mark_released,
-    rollout_resolver,
     save,
     stage_health,
     to_domain,
 )
 
 log = logging.getLogger(__name__)
-
-EXTRAS_KEY = "fleet_ii.controller"
 
 
 def readings_json(d: ro.Decision) -> list[dict[str, Any]]:
@@ -129,30 +123,6 @@ class ControllerThread:
         self._thread.join(timeout=10)
 
 
-def install(plane: Any) -> RolloutController:
-    """Make ``plane`` rollout-aware (the rollout policy decides desired versions); idempotent."""
-    existing = plane.extras.get(EXTRAS_KEY)
-    if existing is None:
-        plane.desired_resolver = rollout_resolver
-        existing = plane.extras[EXTRAS_KEY] = {"controller": RolloutController(plane.sessions), "thread": None}
-    return existing["controller"]
-
-
-def start_loop(plane: Any, interval_s: float) -> None:
-    """Evaluate rollouts every ``interval_s`` in the background (once per control plane)."""
-    install(plane)
-    slot = plane.extras[EXTRAS_KEY]
-    if slot["thread"] is None and interval_s > 0:
-        slot["thread"] = ControllerThread(slot["controller"], interval_s).start()
-
-
-def stop_loop(plane: Any) -> None:
-    slot = plane.extras.get(EXTRAS_KEY)
-    if slot and slot["thread"] is not None:
-        slot["thread"].stop()
-        slot["thread"] = None
-
-
 def decision_dict(d: ro.Decision) -> dict[str, Any]:
     return {"action": d.action.value, "reason": d.reason, "readings": readings_json(d)}
 
@@ -160,6 +130,9 @@ def decision_dict(d: ro.Decision) -> dict[str, Any]:
 def rollout_dict(r: ro.Rollout) -> dict[str, Any]:
     d = asdict(r)
     d["state"] = r.state.value
+    d["on_no_traffic"] = r.on_no_traffic.value
+    d["rollback_note"] = ro.rollback_note(r)
+    d["result"] = ro.result(r)
     d["gates"] = [str(g) for g in r.gates]
     d["percent"] = r.percent
     d["members"] = r.members()

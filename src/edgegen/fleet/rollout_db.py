@@ -1,8 +1,10 @@
 """Rollouts in the control plane's database: tables, creation, the desired-version policy, health.
 
     RolloutRow / RolloutEventRow   the rollout and its history (created, advance, halt, pause...)
-    RolloutPolicy                  per model: staged (new versions ship only through rollouts) and
-                                   the released version devices outside rollouts follow
+    RolloutPolicy                  per model: staged (new versions ship only through rollouts; the
+                                   default, also for a model with no row) and the released version
+                                   devices outside rollouts follow
+    release_now(session, model, version)       ``fleet publish --to all --now``: the released version
     select_devices(session, model, selector)   a group: ``all``, ``key=value`` (a label) or a group name
     create_rollout(session, spec, now)         validate and snapshot the group -> ``Rollout``
     rollout_resolver(session, device)          Fleet I's ``DesiredResolver`` seam, rollout-aware
@@ -33,6 +35,7 @@ from edgegen.fleet.rollout import (
     DeviceHealth,
     Gate,
     GateMetric,
+    NoTraffic,
     Rollout,
     RolloutState,
     desired_version,
@@ -65,6 +68,8 @@ class RolloutRow(Base):
     settle_fraction: Mapped[float] = mapped_column(Float, default=1.0)
     reason: Mapped[str] = mapped_column(Text, default="")
     last_decision: Mapped[str] = mapped_column(Text, default="")  # why it holds, for the dashboard
+    no_traffic_s: Mapped[float] = mapped_column(Float, default=600.0)
+    on_no_traffic: Mapped[str] = mapped_column(String(16), default=NoTraffic.ADVANCE.value)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -107,6 +112,8 @@ def to_domain(row: RolloutRow) -> Rollout:
         gates=tuple(Gate.parse(g) for g in row.gates), state=RolloutState(row.state),
         stage_index=row.stage_index, stage_started_at=_epoch(row.stage_started_at), bake_s=row.bake_s,
         settle_fraction=row.settle_fraction, reason=row.reason or "",
+        no_traffic_s=row.no_traffic_s if row.no_traffic_s is not None else 600.0,
+        on_no_traffic=NoTraffic(row.on_no_traffic or NoTraffic.ADVANCE.value),
     )
 
 
@@ -139,17 +146,19 @@ def desired_number(session: Session, device: Device) -> int | None:
     if not device.model_name:
         return None
     pol = session.get(RolloutPolicy, device.model_name)
+    # no policy row: staged, nothing released (publishing alone ships nothing)
     return desired_version(device.id, device.active_version, rollouts_of(session, device.model_name),
                            published_versions(session, device.model_name),
-                           staged=bool(pol and pol.staged), released=pol.released_version if pol else None)
+                           staged=pol.staged if pol else True, released=pol.released_version if pol else None)
 
 
 def set_staged(session: Session, model: str, staged: bool, below: int | None = None) -> RolloutPolicy:
-    """Stage (or un-stage) ``model``; on staging, the released version is what devices outside
-    rollouts follow now (the newest free version, below ``below`` when a rollout of it is starting)."""
+    """Stage (or un-stage) ``model``. Staging a model an operator had un-staged (live publishing)
+    freezes what devices outside rollouts follow now: the newest free version, below ``below`` when a
+    rollout of it is starting. A model with no policy row is already staged with nothing released."""
     pol = session.get(RolloutPolicy, model)
     if pol is None:
-        pol = RolloutPolicy(model=model, staged=False, released_version=None)
+        pol = RolloutPolicy(model=model, staged=True, released_version=None)
         session.add(pol)
     if staged and not pol.staged:
         held = held_versions(rollouts_of(session, model))
@@ -166,6 +175,32 @@ def mark_released(session: Session, model: str, version: int) -> None:
     if pol is not None and (pol.released_version or 0) < version:
         pol.released_version = version
         pol.updated_at = utcnow()
+
+
+def release_now(session: Session, model: str, version: int) -> RolloutPolicy:
+    """Make ``version`` what every device of ``model`` outside a rollout runs, at once (no stages,
+    no gates): the operator's explicit ``fleet publish --to all --now``; caller commits.
+
+    Raises ``InvalidRolloutError`` when the version is not published, when a rollout of the model is
+    running or paused (it decides for its devices; finish or abort it first) or when the version is
+    not newer than the released one (devices refuse older version numbers).
+    """
+    if get_version(session, model, version) is None:
+        raise InvalidRolloutError(f"{model} v{version} is not published.")
+    active = [r for r in rollouts_of(session, model) if r.state in ACTIVE_STATES]
+    if active:
+        raise InvalidRolloutError(
+            f"rollout {active[0].id} of {model} is {active[0].state.value}; abort it before releasing v{version} "
+            "to all devices at once.")
+    pol = set_staged(session, model, True)
+    if pol.released_version is not None and version <= pol.released_version:
+        raise InvalidRolloutError(
+            f"{model} v{version} is not newer than the released v{pol.released_version}; devices refuse "
+            "older version numbers, so publish the bytes again as a newer version.")
+    pol.released_version = version
+    pol.updated_at = utcnow()
+    session.flush()
+    return pol
 
 
 def rollout_resolver(session: Session, device: Device) -> ModelVersion | None:
@@ -197,31 +232,53 @@ class RolloutSpec:
     rollback_version: int | None = None
     bake_s: float = 0.0
     settle_fraction: float = 1.0
+    no_traffic_s: float = 600.0
+    on_no_traffic: NoTraffic = NoTraffic.ADVANCE
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_newer(model: str, version: int, devices: list[Device], meant: dict[str, int | None]) -> None:
+    """Refuse a rollout of ``version`` when a member already runs it or anything newer, or is meant
+    to (``meant``: device id -> the version it follows now): devices refuse versions that are not
+    strictly newer than what they run, so such members would sit refusing (shown as errors)."""
+    ahead = sorted((d.id, d.active_version, meant.get(d.id)) for d in devices
+                   if (d.active_version or 0) >= version or (meant.get(d.id) or 0) >= version)
+    if ahead:
+        dev, active, want = ahead[0]
+        runs = f"runs v{active}" if active is not None and active >= version else f"is meant to run v{want}"
+        raise InvalidRolloutError(
+            f"{model} v{version} is not newer than what {len(ahead)} of {len(devices)} member(s) run "
+            f"(e.g. {dev} {runs}); devices only accept strictly newer version numbers: publish the "
+            f"bytes as a newer version and roll that out.")
+
+
+def precheck(session: Session, model: str, version: int, group: str) -> tuple[list[Device], dict[str, int | None]]:
+    """The checks a rollout must pass before anything is signed or stored: the version is published,
+    no other rollout of the model is active, the group has devices and none already runs the version
+    or a newer one. Returns the group's devices and the version each follows now; stages the model
+    (the caller commits, or rolls back for a mere plan)."""
+    if get_version(session, model, version) is None:
+        raise InvalidRolloutError(f"{model} v{version} is not published.")
+    active = [r for r in rollouts_of(session, model) if r.state in ACTIVE_STATES]
+    if active:
+        raise InvalidRolloutError(
+            f"{model} already has rollout {active[0].id} {active[0].state.value}; pause or abort it first.")
+    devices = select_devices(session, model, group)
+    if not devices:
+        raise InvalidRolloutError(f"no enrolled device in group {group!r} follows {model}.")
+    set_staged(session, model, True, below=version)  # from now on, versions ship by rollout
+    baseline = {d.id: desired_number(session, d) for d in devices}
+    check_newer(model, version, devices, baseline)
+    return devices, baseline
 
 
 def create_rollout(session: Session, spec: RolloutSpec, now: datetime | None = None) -> Rollout:
     """Check the spec against the registry and the fleet, snapshot the group, store; caller commits."""
     now = now or utcnow()
     stages = parse_stages(spec.stages)
-    if not 0 < spec.settle_fraction <= 1 or spec.bake_s < 0:
-        raise InvalidRolloutError("settle fraction must be in (0, 1] and bake time >= 0.")
-    target = get_version(session, spec.model, spec.version)
-    if target is None:
-        raise InvalidRolloutError(f"{spec.model} v{spec.version} is not published.")
-    active = [r for r in rollouts_of(session, spec.model) if r.state in ACTIVE_STATES]
-    if active:
-        raise InvalidRolloutError(
-            f"{spec.model} already has rollout {active[0].id} {active[0].state.value}; pause or abort it first.")
-    devices = select_devices(session, spec.model, spec.group)
-    if not devices:
-        raise InvalidRolloutError(f"no enrolled device in group {spec.group!r} follows {spec.model}.")
-    set_staged(session, spec.model, True, below=spec.version)  # from now on, versions ship by rollout
-    baseline = {d.id: desired_number(session, d) for d in devices}
-    ahead = [d.id for d in devices if (d.active_version or 0) > spec.version or (baseline[d.id] or 0) >= spec.version]
-    if ahead:
-        raise InvalidRolloutError(
-            f"{len(ahead)} device(s) already run or are meant to run v{spec.version} or newer (e.g. {ahead[0]}).")
+    if not 0 < spec.settle_fraction <= 1 or spec.bake_s < 0 or spec.no_traffic_s < 0:
+        raise InvalidRolloutError("settle fraction must be in (0, 1], bake and no-traffic times >= 0.")
+    devices, baseline = precheck(session, spec.model, spec.version, spec.group)
     counts = Counter(v for v in baseline.values() if v is not None)
     previous = counts.most_common(1)[0][0] if counts else None
     if spec.rollback_version is not None:
@@ -238,7 +295,8 @@ def create_rollout(session: Session, spec: RolloutSpec, now: datetime | None = N
         group=spec.group, stages=list(stages), gates=[str(g) for g in spec.gates],
         devices=sorted(d.id for d in devices), baseline=baseline, state=RolloutState.RUNNING.value,
         stage_index=0, stage_started_at=now, bake_s=spec.bake_s, settle_fraction=spec.settle_fraction,
-        reason="", last_decision="", created_at=now, updated_at=now,
+        reason="", last_decision="", created_at=now, updated_at=now, no_traffic_s=spec.no_traffic_s,
+        on_no_traffic=spec.on_no_traffic.value,
     )
     session.add(row)
     session.flush()

@@ -3,15 +3,20 @@
     canonical_json(obj)             sorted keys, no whitespace, UTF-8: the bytes that get signed
     SigningKey / PublicKey          Ed25519 via ``cryptography``; keyid = sha256(raw public key)
     sign(signed, keys)              -> envelope ``{"signed": {...}, "signatures": [{keyid, sig}]}``
-    RootMeta / Manifest             the two metadata types, parsed and structurally validated
+    RootMeta / Manifest             the root and artifact metadata, parsed and structurally validated
+    DesiredState                    the short-lived "what this device should run now" statement,
+                                    signed by the online ``freshness`` role (TUF's timestamp idea)
     count_valid(envelope, role, keys)  how many distinct trusted keys of a role signed the envelope
     check_root_successor(old, env)  a root rotation is valid only if signed by a threshold of the
                                     old root keys AND of the new ones, with version old + 1
 
-A root lists the public keys and, per role (``root``, ``targets``), the key ids and threshold.
+A root lists the public keys and, per role (``root``, ``targets``, and optionally ``freshness``:
+the control plane's online key, whose only power is to say which already-signed version a device
+should run now, for minutes), the key ids and threshold.
 A manifest (signed by the ``targets`` role) binds a model name and version to the artifact's
 sha256 and size, its architecture/quantization, creation and expiry, and the sha256/size of each
-transfer encoding (``zstd``). Whether a manifest may be *installed* (rollback, freeze, binding) is
+transfer encoding (``zstd``); a manifest of kind ``adapter`` (a LoRA GGUF) also binds the sha256 of
+the one base model file the adapter applies to. Whether a manifest may be *installed* (rollback, freeze, binding) is
 decided by ``edgegen.agent.trust``; this module does no I/O except ``SigningKey.save/load``.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +39,8 @@ from edgegen.errors import SignatureError, TrustError, UserInputError
 
 SPEC_VERSION = "1"
 ROLES = ("root", "targets")
+OPTIONAL_ROLES = ("freshness",)
+MODEL, ADAPTER = "model", "adapter"  # Manifest.kind
 
 
 class MetadataFormatError(TrustError):
@@ -56,6 +64,10 @@ def parse_time(s: str) -> datetime:
         return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
     except (TypeError, ValueError) as exc:
         raise MetadataFormatError(f"bad timestamp {s!r}") from exc
+
+
+def _is_sha256(s: str) -> bool:
+    return len(s) == 64 and all(c in "0123456789abcdef" for c in s)
 
 
 def keyid_of(raw_public: bytes) -> str:
@@ -225,7 +237,7 @@ class RootMeta:
             keys[keyid] = key
         roles = {}
         roles_d = _field(d, "roles", dict, "root")
-        for name in ROLES:
+        for name in ROLES + tuple(r for r in OPTIONAL_ROLES if r in roles_d):
             rd = _field(roles_d, name, dict, "root roles")
             keyids = tuple(_field(rd, "keyids", list, f"role {name}"))
             threshold = _field(rd, "threshold", int, f"role {name}")
@@ -239,15 +251,17 @@ class RootMeta:
     @staticmethod
     def make_signed(version: int, expires: datetime, root_keys: list[PublicKey],
                     targets_keys: list[PublicKey], root_threshold: int = 1,
-                    targets_threshold: int = 1) -> dict[str, Any]:
-        keys = {k.keyid: k.to_dict() for k in [*root_keys, *targets_keys]}
+                    targets_threshold: int = 1, freshness_keys: Sequence[PublicKey] = ()) -> dict[str, Any]:
+        keys = {k.keyid: k.to_dict() for k in [*root_keys, *targets_keys, *freshness_keys]}
+        roles = {
+            "root": {"keyids": [k.keyid for k in root_keys], "threshold": root_threshold},
+            "targets": {"keyids": [k.keyid for k in targets_keys], "threshold": targets_threshold},
+        }
+        if freshness_keys:
+            roles["freshness"] = {"keyids": [k.keyid for k in freshness_keys], "threshold": 1}
         return {
             "_type": "root", "spec_version": SPEC_VERSION, "version": version,
-            "expires": format_time(expires), "keys": keys,
-            "roles": {
-                "root": {"keyids": [k.keyid for k in root_keys], "threshold": root_threshold},
-                "targets": {"keyids": [k.keyid for k in targets_keys], "threshold": targets_threshold},
-            },
+            "expires": format_time(expires), "keys": keys, "roles": roles,
         }
 
 
@@ -289,12 +303,26 @@ class Manifest:
     transfers: dict[str, Transfer] = field(default_factory=dict)
     engine: str = ""  # optional: the engine that runs the artifact (llamacpp | ort); signed when set
     format: str = ""  # optional: the artifact's format (gguf | onnx); signed when set
+    kind: str = "model"  # "model" or "adapter" (a LoRA GGUF that applies to exactly one base)
+    base_sha256: str | None = None  # adapters: the sha256 of the base model file it was made for
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.kind == ADAPTER
 
     @classmethod
     def from_signed(cls, d: dict[str, Any]) -> Manifest:
         sha = _field(d, "sha256", str, "manifest")
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not _is_sha256(sha):
             raise MetadataFormatError("manifest: sha256 must be 64 lowercase hex digits")
+        kind = d.get("kind", MODEL)
+        if kind not in (MODEL, ADAPTER):
+            raise MetadataFormatError(f"manifest: unknown artifact kind {kind!r}")
+        base = d.get("base_sha256")
+        if kind == ADAPTER and not (isinstance(base, str) and _is_sha256(base)):
+            raise MetadataFormatError("manifest: an adapter must name its base model's sha256")
+        if kind == MODEL and base is not None:
+            raise MetadataFormatError("manifest: only an adapter has a base model")
         transfers = {}
         for enc, td in (d.get("transfers") or {}).items():
             if not isinstance(td, dict):
@@ -310,6 +338,7 @@ class Manifest:
             created=parse_time(_field(d, "created", str, "manifest")),
             expires=parse_time(_field(d, "expires", str, "manifest")), transfers=transfers,
             engine=str(d.get("engine", "")), format=str(d.get("format", "")),
+            kind=kind, base_sha256=base,
         )
 
     def to_signed(self) -> dict[str, Any]:
@@ -319,4 +348,34 @@ class Manifest:
             "quantization": self.quantization, "created": format_time(self.created),
             "expires": format_time(self.expires),
             "transfers": {k: {"sha256": t.sha256, "size": t.size} for k, t in sorted(self.transfers.items())},
+            **({"kind": ADAPTER, "base_sha256": self.base_sha256} if self.is_adapter else {}),
         } | ({"engine": self.engine} if self.engine else {}) | ({"format": self.format} if self.format else {})
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What one device should run now: ``(model, version)`` (``version`` None: nothing), valid from
+    ``issued`` until ``expires`` (minutes later). Signed by the ``freshness`` role; a device refuses
+    a statement for another device, one older than the newest it saw, and one past ``expires`` (a
+    replayed "stay where you are" answer is a freeze attack, python-tuf's ``test_freeze_attack``)."""
+
+    device: str
+    model: str | None
+    version: int | None
+    issued: datetime
+    expires: datetime
+
+    @classmethod
+    def from_signed(cls, d: dict[str, Any]) -> DesiredState:
+        model, version = d.get("model"), d.get("version")
+        if model is not None and not isinstance(model, str):
+            raise MetadataFormatError("desired state: model must be a string or null")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise MetadataFormatError("desired state: version must be an integer >= 1 or null")
+        return cls(device=_field(d, "device", str, "desired state"), model=model, version=version,
+                   issued=parse_time(_field(d, "issued", str, "desired state")),
+                   expires=parse_time(_field(d, "expires", str, "desired state")))
+
+    def to_signed(self) -> dict[str, Any]:
+        return {"_type": "desired", "spec_version": SPEC_VERSION, "device": self.device, "model": self.model,
+                "version": self.version, "issued": format_time(self.issued), "expires": format_time(self.expires)}

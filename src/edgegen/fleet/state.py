@@ -1,10 +1,11 @@
 """The control plane's process-wide state, as routes see it through ``request.app.state.fleet``.
 
     ControlPlaneConfig   where the data lives (db URL, data dir), the admin token, limits
-    ControlPlane         engine, session factory, blob store, and the desired-version policy seam
+    ControlPlane         engine, session factory, blob store, the desired-version policy and the
+                         rollout controller; built field by field in ``app.open_control_plane``
     DesiredResolver      ``(session, device) -> ModelVersion | None``: which version a device should
-                         run. The default follows the newest published version of the device's model;
-                         Fleet II (rollouts) replaces it with ``plane.desired_resolver = ...``.
+                         run. ``latest_version`` follows the newest published version of the device's
+                         model; the control plane runs ``rollout_db.rollout_resolver`` (rollouts).
 
 This module opens no sockets and starts no threads.
 """
@@ -16,11 +17,20 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from edgegen.config import get_settings
 from edgegen.fleet.db import Device, Model, ModelVersion
+from edgegen.fleet.signing import SigningKey
+from edgegen.telemetry.retention import RetentionPolicy
+
+if TYPE_CHECKING:
+    from edgegen.fleet.deltas import DeltaService
+    from edgegen.fleet.rollout_ctl import ControllerThread, RolloutController
+    from edgegen.fleet.tls import FleetCA
 
 DesiredResolver = Callable[[Session, Device], "ModelVersion | None"]
 
@@ -46,6 +56,19 @@ class ControlPlaneConfig:
     keys_dir: Path | None = None  # root metadata files to import at startup: <keys_dir>/root/N.root.json
     enroll_token_ttl_s: float = 24 * 3600.0
     max_upload_bytes: int = 8 * 1024**3
+    # seconds between rollout evaluations in the app's lifespan; 0: no background loop (tests tick)
+    rollout_interval_s: float = field(default_factory=lambda: get_settings().fleet.rollout_interval_s)
+    # the freshness role's online key (None: <keys_dir>/freshness.key when present) and how long a
+    # signed desired-state statement stays valid
+    freshness_key: Path | None = None
+    desired_ttl_s: float = field(default_factory=lambda: get_settings().fleet.desired_ttl_s)
+    # serving requires a client certificate from the fleet CA on every connection (mTLS)
+    mutual_tls: bool = False
+    delta_level: int = 9  # zstd level of the deltas made for devices (bench/delta_update.py: 19 takes minutes)
+    # raw telemetry kept per device (by receipt age and count), applied every retention_interval_s
+    retention: RetentionPolicy = field(default_factory=lambda: RetentionPolicy(
+        get_settings().fleet.telemetry_max_age_days * 86400.0, get_settings().fleet.telemetry_max_events_per_device))
+    retention_interval_s: float = 3600.0
 
     @classmethod
     def from_settings(cls, settings: object, **overrides: object) -> ControlPlaneConfig:
@@ -82,5 +105,9 @@ class ControlPlane:
     sessions: sessionmaker
     admin_token_digest: str
     blobs_dir: Path
-    desired_resolver: DesiredResolver = latest_version
-    extras: dict[str, object] = field(default_factory=dict)  # room for Fleet II services
+    desired_resolver: DesiredResolver
+    rollouts: RolloutController
+    freshness_key: SigningKey | None = None  # signs desired-state statements (None: unsigned hints)
+    ca: FleetCA | None = None  # the fleet CA (TLS): enrolment bundles and device certificates
+    deltas: DeltaService | None = None  # binary deltas between versions (set by open_control_plane)
+    rollout_thread: ControllerThread | None = None  # set while the app's lifespan runs the loop

@@ -117,11 +117,14 @@ class Engine:
         logits_all: bool = False,
         draft: Any | None = None,
         seed_source: random.Random | None = None,
+        lora_path: str | Path | None = None,
     ) -> None:
         """``draft``: an optional llama-cpp-python draft model for speculative decoding, e.g.
         ``llama_cpp.llama_speculative.LlamaPromptLookupDecoding()`` (prompt-lookup decoding). It needs
         logits for every position, so it implies ``logits_all`` (n_ctx x n_vocab float32 of host memory).
-        ``seed_source``: where unseeded calls draw their seed (default: the OS's entropy)."""
+        ``seed_source``: where unseeded calls draw their seed (default: the OS's entropy).
+        ``lora_path``: a LoRA adapter GGUF applied to every generation (more: ``self.adapters``, see
+        ``runtime/lora.py``)."""
         self.path = Path(model_path)
         logits_all = logits_all or draft is not None
         n_train = context_length(validate_gguf(self.path))
@@ -161,6 +164,16 @@ class Engine:
         self._piece_buf = ctypes.create_string_buffer(256)
         self._seeds = seed_source or random.SystemRandom()
         self._closed = False
+        from edgegen.runtime.lora import LoraAdapters
+
+        self.adapters = LoraAdapters(self._llm)
+        if lora_path is not None:
+            try:
+                self.adapters.load("default", Path(lora_path))
+                self.adapters.select("default")
+            except EngineError:
+                self.close()
+                raise
 
     # ---- vocabulary ---------------------------------------------------------------------------
 
@@ -379,6 +392,8 @@ class Engine:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if hasattr(self, "adapters"):  # absent when closing from a failed __init__
+                self.adapters.close()
             self._llm.close()
 
     def __enter__(self) -> Engine:

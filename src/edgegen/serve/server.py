@@ -45,6 +45,7 @@ from edgegen.errors import (
 )
 from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
 from edgegen.serve import protocol
+from edgegen.serve.adapters import adapter_for, apply_adapter
 from edgegen.serve.auth import ApiKeys
 from edgegen.serve.cascade import CONFIDENCE_HEADER, CascadePolicy, Confidence, decide
 from edgegen.serve.choices import Assembled, ChoiceEnd, Piece, StreamAssembler, run_choices
@@ -195,6 +196,7 @@ class EdgeServer:
                                         retry_after=5 if self.status == "loading" else 60)
         try:
             prepared = await asyncio.to_thread(prepare, lease.engine, req, self.config.sampling)
+            adapter = adapter_for(lease.engine, req.model)  # "base+adapter" model names (multi-LoRA)
         except ContextOverflowError as exc:
             lease.release()
             return await self._fallback(call, "context_overflow", 400, str(exc), code="context_length_exceeded",
@@ -214,6 +216,7 @@ class EdgeServer:
             prepared = replace(prepared, params=replace(prepared.params, logprobs=True))
 
         def make(engine: Engine, stats: StreamStats, p: Prepared = prepared) -> Iterator[Piece | ChoiceEnd]:
+            apply_adapter(engine, adapter)
             return run_choices(engine, stats, p)
 
         try:

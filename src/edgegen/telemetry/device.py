@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
 from edgegen.drift.monitor import DriftMonitor, DriftThresholds
+from edgegen.sealed import RowCipher
 from edgegen.telemetry.recorder import TelemetryRecorder
 from edgegen.telemetry.spool import Spool
 from edgegen.telemetry.uploader import HttpTransport, Uploader, UploadThread
@@ -54,12 +56,12 @@ class TelemetryServer:
     def _note(self, announce: bool = False) -> None:
         self.telemetry.recorder.model_active(_active_version(self.telemetry.data_dir), announce=announce)
 
-    def start(self, model_path: Path) -> None:
-        self.inner.start(model_path)
+    def start(self, model_path: Path, **kw: Any) -> None:
+        self.inner.start(model_path, **kw)
         self._note(announce=True)
 
-    def swap(self, model_path: Path) -> None:
-        self.inner.swap(model_path)
+    def swap(self, model_path: Path, **kw: Any) -> None:
+        self.inner.swap(model_path, **kw)
         self._note()
 
     def stop(self) -> None:
@@ -83,9 +85,10 @@ class DeviceTelemetry:
     def open(cls, data_dir: Path, *, spool_bytes: int = 16 * 1024**2, upload_interval_s: float = 10.0,
              drift_reference: int = 200, drift_window: int = 100,
              thresholds: DriftThresholds = DriftThresholds(), remote_log_level: int | None = logging.WARNING,
-             durable: bool = False) -> DeviceTelemetry:
+             durable: bool = False, key: bytes | None = None) -> DeviceTelemetry:
+        """``key``: the device's at-rest key: event bodies in the spool are sealed with it."""
         tdir = Path(data_dir) / "telemetry"
-        spool = Spool(tdir / "spool.db", spool_bytes, durable=durable)
+        spool = Spool(tdir / "spool.db", spool_bytes, durable=durable, cipher=RowCipher(key) if key else None)
         recorder = TelemetryRecorder(spool, drift=DriftMonitor(drift_reference, drift_window, thresholds),
                                      drift_state=tdir / "drift.json", model_version=_active_version(Path(data_dir)))
         dt = cls(Path(data_dir), recorder, upload_interval_s)
@@ -106,8 +109,11 @@ class DeviceTelemetry:
         except (OSError, ValueError, KeyError):
             return None
 
-    def start(self, server_url: str | None = None, credential: str | None = None) -> bool:
-        """Start uploading; False (and nothing started) while the device is not enrolled."""
+    def start(self, server_url: str | None = None, credential: str | None = None,
+              verify: ssl.SSLContext | None = None) -> bool:
+        """Start uploading; False (and nothing started) while the device is not enrolled.
+
+        ``verify``: the agent's TLS context (pinned fleet CA, device certificate) for https."""
         if self.thread is not None:
             return True
         if credential is None:
@@ -117,7 +123,7 @@ class DeviceTelemetry:
             server_url = server_url or found[0]
             credential = found[1]
         assert server_url is not None
-        self.uploader = Uploader(self.spool, HttpTransport(server_url, credential))
+        self.uploader = Uploader(self.spool, HttpTransport(server_url, credential, verify=verify))
         self.thread = UploadThread(self.uploader, interval_s=self.upload_interval_s).start()
         return True
 

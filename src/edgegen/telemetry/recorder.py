@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from edgegen.drift.monitor import DriftMonitor, DriftReport
 from edgegen.drift.signals import request_signals
+from edgegen.durable import atomic_write
 from edgegen.errors import TelemetryError
 from edgegen.telemetry.events import TelemetryKind, request_body
 from edgegen.telemetry.spool import Spool
@@ -65,9 +65,7 @@ class TelemetryRecorder:
     def _save_drift(self) -> None:
         if self.drift is None or self.drift_state is None:
             return
-        tmp = self.drift_state.with_name(self.drift_state.name + ".tmp")
-        tmp.write_text(json.dumps(self.drift.to_json()))
-        os.replace(tmp, self.drift_state)
+        atomic_write(self.drift_state, json.dumps(self.drift.to_json()).encode(), label="drift_state")
 
     # ---- API ----------------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ or renumbered when the process is killed (every append is one committed transact
 ``synchronous=NORMAL`` (the default) a *power* loss may forget the last few commits but never
 corrupts the spool; ``durable=True`` uses ``synchronous=FULL`` (an fsync per append).
 
+With a ``cipher`` (the device's at-rest key) each event body is sealed with AES-GCM, its kind as
+associated data; kinds, times and sizes stay readable (the spool's bookkeeping needs them).
+
 The spool id (``stream``) is random and made with the spool: a device whose spool is wiped starts a
 new stream, so restarting at seq 1 is not mistaken for duplicates. This module does no networking.
 """
@@ -28,10 +31,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import TelemetryError
 from edgegen.telemetry.events import Event, TelemetryKind, encode_body
+
+if TYPE_CHECKING:
+    from edgegen.sealed import RowCipher
 
 ROW_OVERHEAD_BYTES = 32  # seq, ts, size and SQLite's per-row bookkeeping, roughly
 
@@ -58,7 +64,10 @@ class SpoolStats:
 
 
 class Spool:
-    def __init__(self, path: Path | str, max_bytes: int = 8 * 1024 * 1024, *, durable: bool = False) -> None:
+    def __init__(self, path: Path | str, max_bytes: int = 8 * 1024 * 1024, *, durable: bool = False,
+                 cipher: RowCipher | None = None) -> None:
+        """``cipher``: seal each event body with the device's at-rest key (``edgegen.sealed``)."""
+        self.cipher = cipher
         if max_bytes < 1024:
             raise ValueError("a spool needs at least 1 KiB")
         self.path = Path(path)
@@ -119,6 +128,8 @@ class Spool:
         rows = []
         for kind, body, ts in items:
             text = encode_body(body)
+            if self.cipher is not None:
+                text = self.cipher.seal(text, TelemetryKind(kind).value.encode())
             rows.append((time.time() if ts is None else float(ts), TelemetryKind(kind).value, text,
                          len(text) + len(kind.value) + ROW_OVERHEAD_BYTES))
         seqs: list[int] = []
@@ -145,6 +156,8 @@ class Spool:
             if out and total + size > max_bytes:
                 break
             total += size
+            if self.cipher is not None:
+                body = self.cipher.open(body, str(kind).encode())
             out.append(Event(int(seq), float(ts), TelemetryKind(kind), json.loads(body)))
         return out
 

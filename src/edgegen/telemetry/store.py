@@ -197,12 +197,17 @@ class RequestWindow:
 
 def request_window(session: Session, device_id: str, version: int | None, since: datetime,
                    limit: int = 5000) -> RequestWindow:
-    """Request events of one device on one model version since ``since`` (newest ``limit``)."""
+    """Request events of one device on one model version *received* since ``since`` (newest ``limit``).
+
+    Windows for gates use the control plane's receipt time, never the device's ``at``: a device
+    clock an hour behind (or ahead) would otherwise drop its reports out of (or into) a stage's
+    window. ``since`` is a control-plane time.
+    """
     q = (
         select(TelemetryEvent.ok, TelemetryEvent.latency_ms, TelemetryEvent.mean_logprob)
         .where(TelemetryEvent.device_id == device_id, TelemetryEvent.kind == TelemetryKind.REQUEST.value,
-               TelemetryEvent.at >= since)
-        .order_by(TelemetryEvent.at.desc())
+               TelemetryEvent.received_at >= since)
+        .order_by(TelemetryEvent.received_at.desc())
         .limit(limit)
     )
     if version is not None:
@@ -214,9 +219,10 @@ def request_window(session: Session, device_id: str, version: int | None, since:
 
 
 def drift_alert_since(session: Session, device_id: str, version: int | None, since: datetime) -> bool:
+    """Whether a drift report with an alert was *received* since ``since`` (control-plane time)."""
     q = select(TelemetryEvent.body).where(
         TelemetryEvent.device_id == device_id, TelemetryEvent.kind == TelemetryKind.DRIFT.value,
-        TelemetryEvent.at >= since)
+        TelemetryEvent.received_at >= since)
     if version is not None:
         q = q.where(TelemetryEvent.model_version == version)
     return any(bool(b.get("drift")) for b in session.scalars(q))
@@ -234,7 +240,7 @@ def mean_logprob(session: Session, device_ids: Sequence[str], version: int, sinc
     value = session.scalar(
         select(func.avg(TelemetryEvent.mean_logprob)).where(
             TelemetryEvent.device_id.in_(list(device_ids)), TelemetryEvent.model_version == version,
-            TelemetryEvent.kind == TelemetryKind.REQUEST.value, TelemetryEvent.at >= since))
+            TelemetryEvent.kind == TelemetryKind.REQUEST.value, TelemetryEvent.received_at >= since))
     return None if value is None else float(value)
 
 

@@ -5,7 +5,7 @@
     Uploader         ``flush()``: send the oldest pending events in seq-ordered batches until the
                      spool is empty or the transport fails; only acknowledged events leave the spool
     UploadThread     runs ``flush`` every ``interval_s``, backing off exponentially while offline
-    backoff_delay    the pure retry schedule
+    (retry delays: ``edgegen.backoff.backoff_delay``)
 
 At-least-once delivery plus an idempotent control plane gives exactly-once storage: an event leaves
 the spool only after the control plane said it is stored, and a batch re-sent after a crash between
@@ -16,13 +16,14 @@ what to record (see ``recorder.py``).
 from __future__ import annotations
 
 import logging
-import random
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 
+from edgegen.backoff import backoff_delay
 from edgegen.errors import TelemetryError
 from edgegen.telemetry.events import MAX_BATCH_EVENTS, Ack, Batch
 from edgegen.telemetry.spool import Spool
@@ -38,10 +39,10 @@ class HttpTransport:
     """Posts batches to the control plane; any failure to get a 200 with an ack is a ``TelemetryError``."""
 
     def __init__(self, server_url: str, credential: str, *, timeout_s: float = 10.0,
-                 client: httpx.Client | None = None) -> None:
+                 client: httpx.Client | None = None, verify: ssl.SSLContext | None = None) -> None:
         self.url = server_url.rstrip("/") + "/v1/telemetry"
         self._headers = {"Authorization": f"Bearer {credential}"}
-        self._client = client or httpx.Client(timeout=timeout_s)
+        self._client = client or httpx.Client(timeout=timeout_s, verify=verify if verify is not None else True)
 
     def send(self, batch: Batch) -> Ack:
         try:
@@ -107,14 +108,6 @@ class Uploader:
                 self.spool.ack(upto)
                 report.acked_seq = upto
         return report
-
-
-def backoff_delay(failures: int, base_s: float = 1.0, cap_s: float = 300.0, rand: float | None = None) -> float:
-    """Exponential backoff with jitter: ``min(cap, base * 2**(failures-1))`` scaled into [50%, 100%]."""
-    if failures <= 0:
-        return 0.0
-    r = random.random() if rand is None else rand
-    return min(cap_s, base_s * 2 ** min(failures - 1, 30)) * (0.5 + 0.5 * r)
 
 
 class UploadThread:

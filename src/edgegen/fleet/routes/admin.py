@@ -2,10 +2,12 @@
 
     PUT  /v1/admin/blobs/{sha256}            upload a blob (streamed, hash-checked, content-addressed)
     POST /v1/admin/versions                  publish a signed manifest whose blobs are uploaded
-    GET  /v1/admin/models                    models and their versions
+    GET  /v1/admin/models                    models, their versions and the released one
     POST /v1/admin/root                      publish root v(n+1) (signed by root v(n) and itself)
     POST /v1/admin/enroll-tokens             issue a one-time enrolment token
-    GET  /v1/admin/devices                   every device and its last report
+    GET  /v1/admin/devices                   every device, the version it should run, its status
+                                             derived from the latest facts and the reason
+    GET  /v1/admin/devices/{id}              one device and its recent events
     PATCH /v1/admin/devices/{id}             set the model a device follows, its group or labels
     POST /v1/admin/devices/{id}/revoke       refuse the device's credential from now on
     GET  /v1/admin/events?device_id=&limit=  device events, newest first
@@ -24,8 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from edgegen.errors import UserInputError
 from edgegen.fleet import enrol
 from edgegen.fleet.auth import AdminDep, PlaneDep, SessionDep
-from edgegen.fleet.db import Device, DeviceEvent, Model
+from edgegen.fleet.db import Device, DeviceEvent, Model, utcnow
+from edgegen.fleet.inventory import device_detail, inventory
 from edgegen.fleet.registry import BlobStore, add_root, publish, record_blob
+from edgegen.fleet.rollout_db import RolloutPolicy
 from edgegen.fleet.routes.device import device_view
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -79,7 +83,9 @@ async def publish_version(request: Request, _: AdminDep, plane: PlaneDep) -> dic
 def models(_: AdminDep, session: SessionDep) -> list[dict[str, Any]]:
     out = []
     for m in session.scalars(select(Model).order_by(Model.name)):
-        out.append({"name": m.name, "versions": [
+        pol = session.get(RolloutPolicy, m.name)
+        out.append({"name": m.name, "staged": pol.staged if pol else True,
+                    "released_version": pol.released_version if pol else None, "versions": [
             {"version": v.version, "sha256": v.sha256, "size": v.size, "architecture": v.architecture,
              "quantization": v.quantization, "expires": v.expires_at.isoformat()} for v in m.versions]})
     return out
@@ -108,15 +114,32 @@ class TokenRequest(BaseModel):
 
 @router.post("/enroll-tokens", status_code=201)
 def enroll_token(body: TokenRequest, _: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+    ttl_s = body.ttl_s or plane.config.enroll_token_ttl_s
     token = enrol.issue_token(session, model_name=body.model, group=body.group, labels=body.labels,
-                              ttl_s=body.ttl_s or plane.config.enroll_token_ttl_s, note=body.note)
+                              ttl_s=ttl_s, note=body.note)
     session.commit()
-    return {"token": token}
+    out: dict[str, Any] = {"token": token}
+    if plane.ca is not None:  # the enrolment bundle: the CA to pin, and (mTLS) a certificate to enrol with
+        bundle: dict[str, Any] = {"token": token, "ca_pem": plane.ca.ca_pem.decode()}
+        if plane.config.mutual_tls:
+            cert, key = plane.ca.issue_client_key(f"enrol:{token.split('.')[0]}", days=ttl_s / 86400)
+            bundle.update(enrol_cert_pem=cert.decode(), enrol_key_pem=key.decode())
+        out["bundle"] = bundle
+    return out
 
 
 @router.get("/devices")
 def devices(_: AdminDep, session: SessionDep) -> list[dict[str, Any]]:
-    return [device_view(d) for d in session.scalars(select(Device).order_by(Device.created_at))]
+    """Every device with the version it should run and its status derived from the latest facts."""
+    return inventory(session, utcnow())
+
+
+@router.get("/devices/{device_id}")
+def device(device_id: str, _: AdminDep, session: SessionDep) -> dict[str, Any]:
+    out = device_detail(session, device_id, utcnow())
+    if out is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    return out
 
 
 class DevicePatch(BaseModel):

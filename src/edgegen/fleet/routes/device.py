@@ -1,16 +1,22 @@
 """Device-facing API (every route needs a device credential, see ``auth.DeviceDep``).
 
     GET  /v1/device/me                          the device's own record
-    GET  /v1/device/desired                     which model version it should run (unsigned hint:
-                                                the agent trusts only the manifest it then fetches)
+    GET  /v1/device/desired                     which model version it should run, with the same
+                                                answer as a ``desired`` statement signed by the
+                                                freshness key and valid ``desired_ttl_s`` seconds
+                                                (the agent refuses an expired one: freeze)
     GET  /v1/device/manifests/{name}/{version}  the signed manifest, byte for byte as published
-    GET  /v1/device/blobs/{sha256}              an artifact or transfer blob; HTTP Range supported
+    GET  /v1/device/deltas/{name}/{version}?base=SHA   a zstd patch from the installed artifact
+                                                (``base``) to that version, made on first request;
+                                                404 when none is smaller than the full transfer
+    GET  /v1/device/blobs/{sha256}              an artifact, transfer or delta blob; HTTP Range
     POST /v1/device/report                      an ``EventKind`` report (installed, refused, ...)
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
@@ -20,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgegen.fleet.auth import DeviceDep, PlaneDep, SessionDep
 from edgegen.fleet.db import DeviceEvent, EventKind
 from edgegen.fleet.registry import BlobStore, blob_is_published, current_root, get_version
+from edgegen.fleet.signing import DesiredState, sign
 
 router = APIRouter(prefix="/v1/device", tags=["device"])
 
@@ -42,12 +49,18 @@ def me(device: DeviceDep) -> dict[str, Any]:
 def desired(device: DeviceDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
     version = plane.desired_resolver(session, device)
     root = current_root(session)
-    return {
+    out: dict[str, Any] = {
         "model": device.model_name,
         "version": version.version if version is not None else None,
         "manifest_url": (f"/v1/device/manifests/{device.model_name}/{version.version}" if version else None),
         "root_version": root[0].version if root else None,
     }
+    if plane.freshness_key is not None:
+        now = datetime.now(timezone.utc)
+        statement = DesiredState(device=device.id, model=out["model"], version=out["version"], issued=now,
+                                 expires=now + timedelta(seconds=plane.config.desired_ttl_s))
+        out["statement"] = sign(statement.to_signed(), [plane.freshness_key])
+    return out
 
 
 @router.get("/manifests/{name}/{version}")
@@ -56,6 +69,18 @@ def manifest(name: str, version: int, _device: DeviceDep, session: SessionDep) -
     if row is None:
         raise HTTPException(404, f"no version {version} of {name!r}")
     return Response(row.envelope, media_type="application/json")
+
+
+@router.get("/deltas/{name}/{version}")
+def delta(name: str, version: int, base: str, _device: DeviceDep, session: SessionDep,
+          plane: PlaneDep) -> dict[str, Any]:
+    row = get_version(session, name, version)
+    if row is None:
+        raise HTTPException(404, f"no version {version} of {name!r}")
+    offer = plane.deltas.offer(session, row, base) if plane.deltas is not None else None
+    if offer is None:
+        raise HTTPException(404, "no delta smaller than the full transfer from that base")
+    return offer
 
 
 @router.get("/blobs/{sha256}")

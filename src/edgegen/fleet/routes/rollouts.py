@@ -1,4 +1,4 @@
-"""Rollout admin API (``Authorization: Bearer <admin token>``), and the rollout loop's lifespan.
+"""Rollout admin API (``Authorization: Bearer <admin token>``) over ``plane.rollouts``.
 
     GET  /v1/admin/rollouts/plan?model=&group=&version=   what a rollout would start from: the group's
                                                  devices, the version they run, that version's
@@ -9,59 +9,41 @@
     GET  /v1/admin/rollouts/{id}                 one rollout, its members' versions and its history
     POST /v1/admin/rollouts/{id}/pause|resume|abort
     POST /v1/admin/rollouts/tick                 evaluate running rollouts now (besides the loop)
-    PUT  /v1/admin/rollouts/policy/{model}       ``{"staged": true}``: new versions of the model
-                                                 ship only through rollouts (set by the first rollout)
+    PUT  /v1/admin/rollouts/policy/{model}       ``{"staged": false}``: devices outside rollouts follow
+                                                 the newest published version (live publishing, opt-in);
+                                                 ``true`` (the default): new versions ship only
+                                                 through rollouts or an explicit release
+    POST /v1/admin/rollouts/release/{model}      ``{"version": N}``: devices outside rollouts run N now
 
-Including this router makes the control plane rollout-aware (``create_app`` calls the router's
-``install_plane`` hook: the rollout policy becomes the desired-version resolver even when the app
-runs without lifespan events), and its lifespan runs the evaluation loop every
-``EDGEGEN_FLEET__ROLLOUT_INTERVAL_S`` seconds.
+The control plane is always rollout-aware (``app.open_control_plane`` wires the rollout policy as
+the desired-version resolver); the app's lifespan runs the evaluation loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from edgegen.config import get_settings
 from edgegen.errors import UserInputError
 from edgegen.fleet.auth import AdminDep, PlaneDep, SessionDep
-from edgegen.fleet.db import Device
+from edgegen.fleet.db import utcnow
 from edgegen.fleet.registry import get_version, latest_version_number
-from edgegen.fleet.rollout import DEFAULT_GATES, Gate, parse_stages
-from edgegen.fleet.rollout_ctl import decision_dict, install, rollout_dict, start_loop, stop_loop
+from edgegen.fleet.rollout import NoTraffic, merge_gates, parse_stages
+from edgegen.fleet.rollout_ctl import decision_dict, rollout_dict
 from edgegen.fleet.rollout_db import (
-    RolloutEventRow,
     RolloutRow,
     RolloutSpec,
     create_rollout,
-    desired_number,
-    select_devices,
+    precheck,
+    release_now,
     set_staged,
-    to_domain,
 )
+from edgegen.fleet.rollout_view import rollout_detail, rollout_summary
 
-INTERVAL_KEY = "fleet_ii.rollout_interval_s"
-
-
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    plane = app.state.fleet
-    install(plane)
-    start_loop(plane, float(plane.extras.get(INTERVAL_KEY, get_settings().fleet.rollout_interval_s)))
-    try:
-        yield
-    finally:
-        stop_loop(plane)
-
-
-router = APIRouter(prefix="/v1/admin/rollouts", tags=["rollouts"], lifespan=lifespan)
-router.install_plane = install  # type: ignore[attr-defined]  # create_app calls it: no lifespan needed
+router = APIRouter(prefix="/v1/admin/rollouts", tags=["rollouts"])
 
 
 def _bad(exc: UserInputError) -> HTTPException:
@@ -69,12 +51,12 @@ def _bad(exc: UserInputError) -> HTTPException:
 
 
 @router.get("/plan")
-def plan(model: str, group: str, version: int, _: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
-    install(plane)
+def plan(model: str, group: str, version: int, _: AdminDep, session: SessionDep) -> dict[str, Any]:
     try:
-        set_staged(session, model, True, below=version)  # as create would; rolled back below
-        devices = select_devices(session, model, group)
-        now = {d.id: desired_number(session, d) for d in devices}
+        try:  # the checks create will make, before the operator signs a rollback version for nothing
+            _, now = precheck(session, model, version, group)
+        except UserInputError as exc:
+            raise _bad(exc) from exc
         counts: dict[int, int] = {}
         for v in now.values():
             if v is not None:
@@ -94,21 +76,22 @@ class RolloutRequest(BaseModel):
     version: int
     group: str = "all"
     stages: list[int] | str = Field(default="10,50,100")
-    gates: list[str] | None = None
+    gates: list[str] | None = None  # merged into the defaults (``rollout.merge_gates``)
     rollback_version: int | None = None
     bake_s: float = 0.0
     settle_fraction: float = 1.0
+    no_traffic_s: float = 600.0
+    on_no_traffic: NoTraffic = NoTraffic.ADVANCE
 
 
 @router.post("", status_code=201)
-def create(body: RolloutRequest, _: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
-    install(plane)
+def create(body: RolloutRequest, _: AdminDep, session: SessionDep) -> dict[str, Any]:
     try:
-        gates = tuple(Gate.parse(g) for g in body.gates) if body.gates is not None else DEFAULT_GATES
         spec = RolloutSpec(model=body.model, version=body.version, group=body.group,
-                           stages=parse_stages(body.stages), gates=gates,
+                           stages=parse_stages(body.stages), gates=merge_gates(body.gates),
                            rollback_version=body.rollback_version, bake_s=body.bake_s,
-                           settle_fraction=body.settle_fraction)
+                           settle_fraction=body.settle_fraction, no_traffic_s=body.no_traffic_s,
+                           on_no_traffic=body.on_no_traffic)
         r = create_rollout(session, spec)
     except UserInputError as exc:
         session.rollback()
@@ -117,20 +100,12 @@ def create(body: RolloutRequest, _: AdminDep, session: SessionDep, plane: PlaneD
     return rollout_dict(r)
 
 
-def _summary(row: RolloutRow) -> dict[str, Any]:
-    d = rollout_dict(to_domain(row))
-    d.update(last_decision=row.last_decision, created_at=row.created_at.isoformat(),
-             updated_at=row.updated_at.isoformat())
-    d.pop("baseline", None)
-    return d
-
-
 @router.get("")
 def list_rollouts(_: AdminDep, session: SessionDep, model: str | None = None) -> list[dict[str, Any]]:
     q = select(RolloutRow).order_by(RolloutRow.id.desc())
     if model is not None:
         q = q.where(RolloutRow.model == model)
-    return [_summary(r) for r in session.scalars(q)]
+    return [rollout_summary(r) for r in session.scalars(q)]
 
 
 class PolicyRequest(BaseModel):
@@ -139,17 +114,32 @@ class PolicyRequest(BaseModel):
 
 
 @router.put("/policy/{model}")
-def put_policy(model: str, body: PolicyRequest, _: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
-    install(plane)
+def put_policy(model: str, body: PolicyRequest, _: AdminDep, session: SessionDep) -> dict[str, Any]:
     pol = set_staged(session, model, body.staged)
+    session.commit()
+    return {"model": model, "staged": pol.staged, "released_version": pol.released_version}
+
+
+class ReleaseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int
+
+
+@router.post("/release/{model}")
+def release(model: str, body: ReleaseRequest, _: AdminDep, session: SessionDep) -> dict[str, Any]:
+    """Every device of ``model`` outside a rollout runs ``version`` from now on (``--to all --now``)."""
+    try:
+        pol = release_now(session, model, body.version)
+    except UserInputError as exc:
+        session.rollback()
+        raise _bad(exc) from exc
     session.commit()
     return {"model": model, "staged": pol.staged, "released_version": pol.released_version}
 
 
 @router.post("/tick")
 def tick(_: AdminDep, plane: PlaneDep) -> list[dict[str, Any]]:
-    controller = install(plane)
-    return [{"rollout": rid, **decision_dict(d)} for rid, d in controller.tick()]
+    return [{"rollout": rid, **decision_dict(d)} for rid, d in plane.rollouts.tick()]
 
 
 @router.get("/{rollout_id}")
@@ -157,23 +147,7 @@ def show(rollout_id: int, _: AdminDep, session: SessionDep) -> dict[str, Any]:
     row = session.get(RolloutRow, rollout_id)
     if row is None:
         raise HTTPException(404, f"no rollout {rollout_id}")
-    out = _summary(row)
-    r = to_domain(row)
-    devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(list(r.devices))))}
-    members = set(r.members())
-    out["devices"] = [
-        {"id": d, "member": d in members, "active_version": devices[d].active_version if d in devices else None,
-         "target": r.target_for(d, devices[d].active_version if d in devices else None),
-         "status": devices[d].status if d in devices else None}
-        for d in r.devices
-    ]
-    out["events"] = [
-        {"at": e.at.isoformat(), "action": e.action, "percent": e.percent, "reason": e.reason,
-         "readings": e.readings}
-        for e in session.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id == rollout_id)
-                                 .order_by(RolloutEventRow.id))
-    ]
-    return out
+    return rollout_detail(session, row, utcnow())
 
 
 class ActionRequest(BaseModel):
@@ -190,7 +164,7 @@ def act(rollout_id: int, action: str, body: ActionRequest, _: AdminDep, session:
         raise HTTPException(404, f"no rollout {rollout_id}")
     session.close()
     try:
-        r = install(plane).act(rollout_id, action, body.reason)
+        r = plane.rollouts.act(rollout_id, action, body.reason)
     except UserInputError as exc:
         raise _bad(exc) from exc
     return rollout_dict(r)

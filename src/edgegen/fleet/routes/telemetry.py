@@ -6,6 +6,7 @@
                                        version counters and histograms, drops, memory, fleet gauges
     GET  /v1/admin/telemetry/streams   (admin) per device stream: stored, duplicates, dropped, max seq
     GET  /v1/admin/telemetry/events    (admin) newest events, filterable by device and kind
+    POST /v1/admin/telemetry/prune     (admin) apply the retention policy now; pruned counts per device
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
-from edgegen.fleet.auth import AdminDep, DeviceDep, SessionDep
+from edgegen.fleet.auth import AdminDep, DeviceDep, PlaneDep, SessionDep
 from edgegen.fleet.db import Device
 from edgegen.fleet.rollout import RolloutState
 from edgegen.fleet.rollout_db import RolloutRow
-from edgegen.telemetry import store
+from edgegen.telemetry import retention, store
 from edgegen.telemetry.events import MAX_BATCH_EVENTS, Batch, Event, TelemetryKind, validate_body
 from edgegen.telemetry.rollup import CounterRow, StreamRow, render_prometheus
 
@@ -100,3 +101,13 @@ def events(_: AdminDep, session: SessionDep, device_id: str | None = None, kind:
         q = q.where(store.TelemetryEvent.kind == kind.value)
     return [{"device_id": e.device_id, "stream": e.stream, "seq": e.seq, "at": e.at.isoformat(),
              "kind": e.kind, "body": e.body} for e in session.scalars(q)]
+
+
+@router.post("/v1/admin/telemetry/prune")
+def prune_now(_: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+    """Apply the retention policy now (the app's lifespan also runs it periodically)."""
+    pruned = retention.prune(session, plane.config.retention, datetime.now(timezone.utc))
+    session.commit()
+    return {"pruned": {d: {"by_age": a, "by_size": b} for d, (a, b) in pruned.items()},
+            "totals": {r.device_id: {"by_age": r.pruned_by_age, "by_size": r.pruned_by_size}
+                       for r in session.scalars(select(retention.TelemetryRetention))}}
