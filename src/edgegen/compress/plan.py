@@ -22,7 +22,7 @@ from edgegen.compress.calibrate import Calibration, TensorStats, calibrate, toke
 from edgegen.compress.gguf_out import OutTensor, padded
 from edgegen.compress.mixed import Candidate, TensorChoice, allocate, measure_group, plain_weights, row_loss
 from edgegen.compress.rounding import hessian_error, inverse_cholesky, round_parts
-from edgegen.compress.speed import tensor_ms
+from edgegen.compress.speed import PREFILL_NS_PER_WEIGHT, read_per_prompt_token, tensor_ms
 from edgegen.errors import InvalidTextError, UserInputError
 from edgegen.formats.gguf_file import read_per_token
 
@@ -170,7 +170,10 @@ def _hessian(cal: Calibration | None, name: str, cols: int) -> np.ndarray | None
 def measure_all(
     model: SourceModel, cal: Calibration | None, config: Any, chol: CholCache,
     progress: Callable[[int, int], None] | None, speed_costs: Mapping[str, float] | None = None,
+    prefill_costs: Mapping[str, float] | None = None,
 ) -> list[TensorChoice]:
+    """Every matrix's candidates with predicted loss, bytes, decode ms per token (``speed_costs``)
+    and prefill ms per prompt token (``prefill_costs``; default: ``speed``'s tables)."""
     out: list[TensorChoice] = []
     names = set(model.shapes)
     done = 0
@@ -181,9 +184,12 @@ def measure_all(
         seed = config.seed * 1_000_003 + zlib.crc32(group[0].encode())
         for choice in measure_group(members, cands, hessian=H, chol=chol.get(H), max_rows=config.sample_rows,
                                     seed=seed):
-            if read_per_token(choice.name, names):
-                n = choice.shape[0] * choice.shape[1]
-                choice.candidates = [replace(c, ms=tensor_ms(c.qtype, n, speed_costs)) for c in choice.candidates]
+            n = choice.shape[0] * choice.shape[1]
+            decode, prefill = read_per_token(choice.name, names), read_per_prompt_token(choice.name)
+            choice.candidates = [
+                replace(c, ms=tensor_ms(c.qtype, n, speed_costs) if decode else 0.0,
+                        prefill_ms=tensor_ms(c.qtype, n, prefill_costs or PREFILL_NS_PER_WEIGHT) if prefill else 0.0)
+                for c in choice.candidates]
             out.append(choice)
         done += len(group)
         if progress:
@@ -192,9 +198,10 @@ def measure_all(
 
 
 def allocate_types(
-    choices: list[TensorChoice], tensor_budget: int, max_ms: float | None = None
+    choices: list[TensorChoice], tensor_budget: int, max_ms: float | None = None,
+    max_prefill_ms: float | None = None,
 ) -> dict[str, Candidate]:
-    return allocate(choices, tensor_budget, max_ms)
+    return allocate(choices, tensor_budget, max_ms, max_prefill_ms)
 
 
 class Rounder:
