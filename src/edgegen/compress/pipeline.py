@@ -171,11 +171,15 @@ def _compress(
         reader = validate_gguf(gguf_path)
         arch = str(field_value(reader, "general.architecture", "llama"))
         model = planning.SourceModel(reader)
+        planning.check_experts(model, arch)
         if not model.quantizable(config.types):
             raise InvalidModelError(
                 f"{src} has no weight matrix that any block format can hold "
                 f"(rows must be a multiple of 32 values)"
             )
+        from edgegen.compress.graph_stats import check_loadable
+
+        check_loadable(gguf_path, arch)
         header = header_bytes(reader, arch, model.out_plan({}))
         tensor_budget = _tensor_budget(budget, model, header, config.types)
         cal = None
@@ -210,6 +214,7 @@ def _compress(
         source=str(src), output=str(out), file_bytes=actual, budget=budget.describe(),
         budget_bytes=budget.max_bytes, n_params=model.n_params, calibrated=cal is not None,
         calib_tokens=cal.n_tokens if cal else 0, fisher_tokens=cal.n_fisher_tokens if cal else 0,
+        calibration=cal.sources if cal else {},
         seconds=timer.laps, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         tensors=tensors, speed_costs=budget.speed_costs, prefill_costs=budget.prefill_costs,
     )

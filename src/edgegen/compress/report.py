@@ -49,6 +49,7 @@ class CompressReport:
     seconds: dict[str, float]
     peak_rss_bytes: int
     tensors: list[TensorReport]
+    calibration: dict[str, str] = field(default_factory=dict)  # statistic -> where it came from
 
     @classmethod
     def build(cls, *, tensors: list[TensorReport], n_params: int, speed_costs: Mapping[str, float] | None = None,
