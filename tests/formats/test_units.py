@@ -208,3 +208,28 @@ def test_tokenizer_json_of_another_kind_is_refused(tmp_path: Path) -> None:
     (folder / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(UnsupportedArchitectureError):
         tokenizer.load_vocab(folder, {}, 512)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "qwen3", "num_experts": 8},  # Qwen3-MoE's config spelling under a dense model_type
+    {"model_type": "phi3", "rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}},
+    {"model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh", "head_dim": 16,
+     "query_pre_attn_scalar": 144},  # Gemma 3 27B's query scaling, which llama.cpp does differently
+    {"model_type": "gemma3_text", "hidden_activation": "silu"},
+])
+def test_unsupported_variants_of_covered_architectures(cfg: dict) -> None:
+    with pytest.raises(UnsupportedArchitectureError):
+        hf_arch.parse_config({**_BASE, **cfg})
+
+
+def test_gemma3_reads_both_rotary_bases_and_the_layer_pattern() -> None:
+    hp = hf_arch.parse_config({
+        **_BASE, "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh", "sliding_window": 512,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+    })
+    assert (hp.arch, hp.rope_theta, hp.rope_theta_swa, hp.swa_layers) == ("gemma3", 1e6, 1e4, (True, False))
+    assert hp.tie_embeddings is True and hp.spec.norm_shift == 1.0
+    assert hf_arch.gguf_name("model.layers.1.pre_feedforward_layernorm.weight", hp) == "blk.1.ffn_norm.weight"
+    assert hf_arch.gguf_name("model.layers.1.post_attention_layernorm.weight", hp) == "blk.1.post_attention_norm.weight"
