@@ -2,7 +2,7 @@
 matrix, at equal file size, on two references. Prints JSON.
 
     .venv/bin/python bench/quant_vs_llamacpp.py [--home DIR] [--out DIR] [--sizes Q4_K_M,Q3_K_M,Q2_K]
-        [--refs published,offgrid] [--iq IQ3_S,IQ2_M] [--imatrix-chunks 64] [--speed-rounds 5]
+        [--refs published,offgrid] [--iq IQ3_S,IQ2_M] [--imatrix-chunks 16] [--speed-rounds 5]
 
 References: (1) ``published``: SmolLM2-135M-Instruct dequantized to F16 by ``formats.convert``. Its
 weights sit on its publisher's Q4_1 grid (embedding Q8_0), so a quantizer that rediscovers that grid
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from llamacpp_tools import build as build_tools  # noqa: E402
-from offgrid_reference import finetune, offgrid_path  # noqa: E402
+from offgrid_reference import DEFAULTS, finetune, offgrid_path  # noqa: E402
 
 
 def run(cmd: list[str], what: str) -> None:
@@ -90,15 +91,16 @@ def ours(ref: Path, out: Path, size: int, speed_of: Path, calib: Path) -> dict:
            "--max-size-mib", repr(size / 2**20), "--speed-of", str(speed_of), "--calib", str(calib),
            "--report", str(report)]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     _, err = proc.communicate()
-    wall = time.perf_counter() - t0
+    wall, c1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"edgegen compress failed ({proc.returncode}): {err[-2000:]}")
     data = json.loads(report.read_text())
     return {
-        "wall_s": round(wall, 1), "stage_s": data["seconds"], "peak_rss_bytes": data["peak_rss_bytes"],
+        "wall_s": round(wall, 1), "cpu_s": round(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime, 1),
+        "stage_s": data["seconds"], "peak_rss_bytes": data["peak_rss_bytes"],
         "predicted_kl": data["predicted_kl"], "predicted_decode_ms": data["predicted_decode_ms"],
         "predicted_prefill_ms": data.get("predicted_prefill_ms"), "types": data["types"],
     }
@@ -134,10 +136,12 @@ def reference(name: str, home: Path) -> tuple[Path, dict | None]:
 
     if name == "published":
         return cached_reference(pull("smollm2-135m-instruct", home), home), None
-    path = offgrid_path(home, 16, 120)
+    path = offgrid_path(home, DEFAULTS["rank"], DEFAULTS["steps"])
+    log = path.with_suffix(".json")
     if path.exists():
-        return path, {"cached": True}
-    info = finetune(home, rank=16, steps=120, seq=256, lr=2e-3, alpha=32.0, seed=0)
+        return path, json.loads(log.read_text()) if log.exists() else {"cached": True}
+    info = finetune(home, **DEFAULTS)
+    log.write_text(json.dumps(info, indent=1))
     return Path(info["offgrid"]), info
 
 
@@ -149,18 +153,26 @@ def bench_reference(name: str, args: argparse.Namespace, tools: dict[str, Path],
     out.mkdir(parents=True, exist_ok=True)
     imat, imat_s = imatrix(tools, ref, calib, out / "imatrix.gguf", args.imatrix_chunks, args.threads)
     rows: list[dict] = []
+    sizes = args.sizes.split(",")
+    iq = [t for t in args.iq.split(",") if t]
+    files = {f"plain {t}": llama_quantize(ref, out / f"llama-{t}.gguf", t, args.threads) for t in sizes}
+    files.update({f"imatrix {t}": quantize_imatrix(tools, ref, imat, out / f"llama-imatrix-{t}.gguf", t, args.threads)
+                  for t in (*sizes, *iq)})
+    print(f"[{name}] evaluating llama.cpp's files ...", file=sys.stderr, flush=True)
+    q = quality(list(files.values()), ref, evalt, args.chunks, args.threads)
+    llama = {k: q[str(f)] for k, f in files.items()}
     result = {"reference": str(ref), "finetune": finetune_info, "imatrix": str(imat), "imatrix_s": round(imat_s, 1),
-              "rows": rows, "imatrix_only_types": [], "two_tiers_smaller": None}
-    for ftype in args.sizes.split(","):
-        plain = llama_quantize(ref, out / f"llama-{ftype}.gguf", ftype, args.threads)
-        withim = quantize_imatrix(tools, ref, imat, out / f"llama-imatrix-{ftype}.gguf", ftype, args.threads)
+              "llama_cpp": llama, "rows": rows, "two_tiers_smaller": None}
+    save(result)
+    for ftype in sizes:
+        q_im, q_plain = llama[f"imatrix {ftype}"], llama[f"plain {ftype}"]
+        withim = files[f"imatrix {ftype}"]
         size = withim.stat().st_size
         mine = out / f"edgegen-at-{ftype}-size.gguf"
         print(f"[{name} {ftype}] compressing to <= {size} bytes ...", file=sys.stderr, flush=True)
         cost = ours(ref, mine, size, withim, calib)
         print(f"[{name} {ftype}] evaluating ...", file=sys.stderr, flush=True)
-        q = quality([mine, withim, plain], ref, evalt, args.chunks, args.threads)
-        q_ours, q_im, q_plain = q[str(mine)], q[str(withim)], q[str(plain)]
+        q_ours = quality([mine], ref, evalt, args.chunks, args.threads)[str(mine)]
         load0 = os.getloadavg()
         s = speed(mine, withim, args.speed_rounds)
         kl_ratio = q_ours["kl_mean"] / q_im["kl_mean"]
@@ -180,18 +192,10 @@ def bench_reference(name: str, args: argparse.Namespace, tools: dict[str, Path],
             },
         })
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if ftype == "Q2_K" and "imatrix Q4_K_M" in llama:
+            two = {"ours_at_Q2_K_kl": q_ours["kl_mean"], "imatrix_Q4_K_M_kl": llama["imatrix Q4_K_M"]["kl_mean"]}
+            result["two_tiers_smaller"] = {**two, "pass": two["ours_at_Q2_K_kl"] <= two["imatrix_Q4_K_M_kl"]}
         save(result)
-    iq_rows = result["imatrix_only_types"]
-    for ftype in [t for t in args.iq.split(",") if t]:
-        f = quantize_imatrix(tools, ref, imat, out / f"llama-imatrix-{ftype}.gguf", ftype, args.threads)
-        iq_rows.append({"type": ftype, **quality([f], ref, evalt, args.chunks, args.threads)[str(f)]})
-        save(result)
-    by = {r["size_of"]: r for r in rows}
-    if "Q2_K" in by and "Q4_K_M" in by:
-        two = {"ours_at_Q2_K_kl": by["Q2_K"]["ours"]["kl_mean"],
-               "imatrix_Q4_K_M_kl": by["Q4_K_M"]["llama_cpp_imatrix"]["kl_mean"]}
-        result["two_tiers_smaller"] = {**two, "pass": two["ours_at_Q2_K_kl"] <= two["imatrix_Q4_K_M_kl"]}
-    save(result)
     return result
 
 
@@ -202,7 +206,7 @@ def main() -> None:
     ap.add_argument("--refs", default="published,offgrid")
     ap.add_argument("--sizes", default="Q4_K_M,Q3_K_M,Q2_K")
     ap.add_argument("--iq", default="IQ3_S,IQ2_M")
-    ap.add_argument("--imatrix-chunks", type=int, default=64)
+    ap.add_argument("--imatrix-chunks", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-rounds", type=int, default=5)
