@@ -24,8 +24,11 @@ and Q4_K are repacked at load into 8x8 interleaved layouts with their own GEMM k
 F32, F16, Q8_0, Q4_0, Q5_0 and IQ4_NL have llamafile's tiled GEMM (``ggml-cpu/llamafile/sgemm.cpp``);
 Q4_1, Q5_1 and the other k-quants fall back to one dot product per row and column. Q4_1 is about as
 fast as Q8_0 in decode but far slower in prefill. ``PREFILL_NS_PER_WEIGHT`` holds the cost per weight
-per prompt token as ``bench/format_speed.py`` measured it (prompt of ``PROMPT_TOKENS`` tokens, one
-batch, one thread, median CPU time over interleaved rounds, same machine). Prefill applies every
+per prompt token as ``bench/format_speed.py`` measured it (``bench/results/format_speed.prefill.json``:
+prompt of ``PROMPT_TOKENS`` tokens, one batch, one thread, median CPU time of 3 interleaved rounds,
+same machine, but under a load average of 9 to 15, so in inflated units: only ratios within the
+table are meant; Q4_1 / Q4_0 = 2.1, Q5_1 2.5, Q5_0 1.5, Q8_0 1.23, IQ4_NL 1.05, spreads 3-12%).
+F16 and F32 were not measured; they are their decode costs scaled by the median prefill/decode ratio. Prefill applies every
 matrix to every prompt token except the output matrix, which llama.cpp applies to the last prompt
 token only (``read_per_prompt_token``).
 
@@ -59,7 +62,21 @@ DECODE_NS_PER_WEIGHT: dict[str, float] = {
     "F16": 0.0712,
     "F32": 0.111,
 }
-PREFILL_NS_PER_WEIGHT: dict[str, float] = dict(DECODE_NS_PER_WEIGHT)  # replaced by the measured table below
+PREFILL_NS_PER_WEIGHT: dict[str, float] = {
+    "Q4_K": 0.0429,
+    "Q5_K": 0.0462,
+    "Q6_K": 0.0522,
+    "Q4_0": 0.0529,
+    "IQ4_NL": 0.0554,
+    "Q3_K": 0.0561,
+    "Q2_K": 0.0597,
+    "Q8_0": 0.0649,
+    "Q5_0": 0.0804,
+    "F16": 0.1086,  # not measured: decode cost x the median prefill/decode ratio
+    "Q4_1": 0.11,
+    "Q5_1": 0.1329,
+    "F32": 0.1693,  # not measured: decode cost x the median prefill/decode ratio
+}
 PROMPT_TOKENS = 511  # the prompt length the prefill constants were measured at
 UNKNOWN_NS = 0.1
 
