@@ -83,8 +83,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgegen.compress.plan import SourceModel
-    from edgegen.formats.convert import cached_reference
     from edgegen.compress.speed import read_per_prompt_token
+    from edgegen.formats.convert import cached_reference
     from edgegen.formats.gguf_file import open_reader, read_per_token
     from edgegen.hub.sources import pull
 
