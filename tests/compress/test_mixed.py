@@ -105,3 +105,55 @@ def test_time_limited_allocation_respects_both_limits(data, slack, time_frac):
         pytest.fail("a feasible mix exists but the allocator gave up")
     assert sum(c.nbytes for c in picks.values()) <= budget
     assert sum(c.ms for c in picks.values()) <= max_ms + 1e-9
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(
+        st.lists(st.tuples(st.integers(1, 50), st.floats(0, 10, allow_nan=False), st.floats(0, 5, allow_nan=False),
+                           st.floats(0, 5, allow_nan=False)), min_size=1, max_size=4),
+        min_size=1, max_size=4,
+    ),
+    slack=st.integers(0, 120),
+    fracs=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+)
+def test_decode_and_prefill_limits_are_both_met_or_refused(data, slack, fracs):
+    choices = [TensorChoice(f"t{i}", (1, 1), [Candidate(f"T{j}", b, loss, ms, pre)
+                                              for j, (b, loss, ms, pre) in enumerate(pts)])
+               for i, pts in enumerate(data)]
+    budget = sum(min(p[0] for p in pts) for pts in data) + slack
+
+    def limit(k, frac):
+        lo, hi = (sum(f(p[k] for p in pts) for pts in data) for f in (min, max))
+        return lo + frac * (hi - lo)
+
+    max_ms, max_pre = limit(2, fracs[0]), limit(3, fracs[1])
+    feasible = any(
+        sum(c.nbytes for c in combo) <= budget and sum(c.ms for c in combo) <= max_ms + 1e-9
+        and sum(c.prefill_ms for c in combo) <= max_pre + 1e-9
+        for combo in itertools.product(*[t.candidates for t in choices])
+    )
+    try:
+        picks = allocate(choices, budget, max_ms, max_pre)
+    except BudgetError:
+        return  # refused: always right when infeasible; the scan may also miss a narrow feasible mix
+    assert feasible
+    assert sum(c.nbytes for c in picks.values()) <= budget
+    assert sum(c.ms for c in picks.values()) <= max_ms * (1 + 1e-9) + 1e-12
+    assert sum(c.prefill_ms for c in picks.values()) <= max_pre * (1 + 1e-9) + 1e-12
+
+
+def test_prefill_limit_moves_a_tensor_off_the_format_that_is_fast_only_in_decode():
+    # two formats of equal size: "Q4_1" decodes as fast and is more accurate, but prefills 3x slower
+    def tensor(name):
+        return TensorChoice(name, (1, 1), [Candidate("Q4_1", 10, 1.0, ms=1.0, prefill_ms=3.0),
+                                           Candidate("Q4_0", 10, 1.5, ms=1.0, prefill_ms=1.0),
+                                           Candidate("Q8_0", 20, 0.1, ms=1.6, prefill_ms=1.2)])
+
+    choices = [tensor("a"), tensor("b")]
+    decode_only = allocate(choices, 20, max_ms=2.0)
+    assert {c.qtype for c in decode_only.values()} == {"Q4_1"}
+    both = allocate(choices, 20, max_ms=2.0, max_prefill_ms=4.0)  # room for one slow prefill only
+    assert sorted(c.qtype for c in both.values()) == ["Q4_0", "Q4_1"]
+    with pytest.raises(BudgetError, match="prefill"):
+        allocate(choices, 20, max_ms=2.0, max_prefill_ms=1.5)

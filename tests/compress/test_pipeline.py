@@ -194,3 +194,35 @@ def test_speed_profile_sets_the_limit_in_its_own_units(tmp_path, compressed, sto
         main(["compress", str(stories_gguf), "-o", str(out), "--speed-of", str(ref), "--speed-profile", str(profile)])
     assert exc.value.code == 2 and "speed profile" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prefill_limit_from_a_reference_file_is_met(tmp_path, compressed, stories_gguf):
+    from edgegen.compress.speed import file_decode_cost, file_prefill_cost
+
+    ref, _ = compressed
+    budget = Budget.of(max_size_mib=0.6, speed_of=ref)
+    assert budget.max_prefill_ms == pytest.approx(file_prefill_cost(ref))
+    report = compress(stories_gguf, tmp_path / "p.gguf", budget=budget, calib_text=CALIB, config=FAST)
+    assert report.predicted_decode_ms <= budget.max_decode_ms * (1 + 1e-6)
+    assert report.predicted_prefill_ms <= budget.max_prefill_ms * (1 + 1e-6)
+    assert file_prefill_cost(tmp_path / "p.gguf") == pytest.approx(report.predicted_prefill_ms, rel=1e-3)
+    assert file_decode_cost(tmp_path / "p.gguf") == pytest.approx(report.predicted_decode_ms, rel=1e-3)
+
+
+def test_a_prefill_only_limit_changes_the_mix(tmp_path, stories_gguf):
+    # a CPU on which Q8_0 prefills ten times cheaper than any 4-bit format: a tight prefill limit
+    # must buy Q8_0 where the size budget alone would not
+    costs = {k: 1.0 for k in ("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")}
+    costs.update({"Q8_0": 0.1, "F16": 2.0, "F32": 4.0})
+    free = compress(stories_gguf, tmp_path / "free.gguf", budget=Budget(max_bytes=int(0.6 * 2**20)),
+                    calib_text=CALIB, config=FAST)
+    from edgegen.compress.speed import prefill_cost
+
+    def cost(rep):
+        return prefill_cost([(t.name, tuple(t.shape), t.type) for t in rep.tensors], costs)
+
+    limit = 0.8 * cost(free)
+    limited = compress(stories_gguf, tmp_path / "lim.gguf", calib_text=CALIB, config=FAST,
+                       budget=Budget(max_bytes=int(0.6 * 2**20), max_prefill_ms=limit, prefill_costs=costs))
+    assert cost(limited) <= limit * (1 + 1e-6) < cost(free)
+    assert limited.types.get("Q8_0", 0) > free.types.get("Q8_0", 0)

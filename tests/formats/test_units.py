@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgegen.errors import InvalidModelError, UnsupportedArchitectureError
-from edgegen.formats import hf_llama, spm_model, tokenizer
+from edgegen.formats import hf_arch, spm_model, tokenizer
 from tests.conftest import STORIES_DIR
 
 # ---- rotary permutation ------------------------------------------------------------------------
@@ -47,19 +47,19 @@ def test_permuted_projection_under_interleaved_rope_equals_hf_rope(n_head, half,
     w = rng.standard_normal((n_head * d, n_in))
     x = rng.standard_normal(n_in)
     hf = (w @ x).reshape(n_head, d)
-    ours = (hf_llama.unpermute_rotary(w, n_head) @ x).reshape(n_head, d)
+    ours = (hf_arch.unpermute_rotary(w, n_head) @ x).reshape(n_head, d)
     for h in range(n_head):
         a = _rope_hf(hf[h], pos, 10000.0)
         b = _rope_interleaved(ours[h], pos, 10000.0)
         # The same rotated vector in the permuted order, so attention scores (dot products) are equal.
-        assert np.allclose(hf_llama.unpermute_rotary(a, 1), b)
+        assert np.allclose(hf_arch.unpermute_rotary(a, 1), b)
         assert np.isclose(a @ _rope_hf(hf[h], pos + 3, 10000.0), b @ _rope_interleaved(ours[h], pos + 3, 10000.0))
 
 
 def test_permutation_of_bias_matches_weight_rows() -> None:
     w = np.arange(24, dtype=np.float32).reshape(12, 2)
     b = w[:, 0].copy()
-    assert np.array_equal(hf_llama.unpermute_rotary(b, 3), hf_llama.unpermute_rotary(w, 3)[:, 0])
+    assert np.array_equal(hf_arch.unpermute_rotary(b, 3), hf_arch.unpermute_rotary(w, 3)[:, 0])
 
 
 # ---- config.json -------------------------------------------------------------------------------
@@ -69,11 +69,11 @@ _BASE = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "nu
 
 
 def test_rope_spellings_of_transformers_v4_and_v5() -> None:
-    v4 = hf_llama.parse_config({**_BASE, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}})
-    v5 = hf_llama.parse_config({**_BASE, "rope_parameters": {"rope_theta": 5e5, "rope_type": "linear", "factor": 2.0}})
+    v4 = hf_arch.parse_config({**_BASE, "rope_theta": 5e5, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    v5 = hf_arch.parse_config({**_BASE, "rope_parameters": {"rope_theta": 5e5, "rope_type": "linear", "factor": 2.0}})
     assert v4.rope_theta == v5.rope_theta == 5e5
-    assert v4.rope_scaling == v5.rope_scaling == hf_llama.RopeScaling("linear", 2.0)
-    assert hf_llama.parse_config(_BASE).rope_theta == 10000.0
+    assert v4.rope_scaling == v5.rope_scaling == hf_arch.RopeScaling("linear", 2.0)
+    assert hf_arch.parse_config(_BASE).rope_theta == 10000.0
 
 
 @pytest.mark.parametrize("change", [
@@ -82,14 +82,14 @@ def test_rope_spellings_of_transformers_v4_and_v5() -> None:
 ])
 def test_unsupported_configs(change: dict) -> None:
     with pytest.raises(UnsupportedArchitectureError):
-        hf_llama.parse_config({**_BASE, **change})
+        hf_arch.parse_config({**_BASE, **change})
 
 
 def test_invalid_config_values() -> None:
     with pytest.raises(InvalidModelError):
-        hf_llama.parse_config({**_BASE, "hidden_size": "64"})
+        hf_arch.parse_config({**_BASE, "hidden_size": "64"})
     with pytest.raises(InvalidModelError):
-        hf_llama.parse_config({**_BASE, "num_key_value_heads": 3})
+        hf_arch.parse_config({**_BASE, "num_key_value_heads": 3})
 
 
 def test_llama3_rope_factors_match_transformers() -> None:
@@ -102,20 +102,20 @@ def test_llama3_rope_factors_match_transformers() -> None:
     cfg = transformers.LlamaConfig(hidden_size=2048, num_attention_heads=32, rope_parameters=rope)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, torch.device("cpu"))
     plain = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.float64) / 64))
-    hp = hf_llama.parse_config({**_BASE, "hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8,
+    hp = hf_arch.parse_config({**_BASE, "hidden_size": 2048, "num_attention_heads": 32, "num_key_value_heads": 8,
                                 "rope_parameters": rope})
-    ours = hf_llama.rope_freq_factors(hp)
+    ours = hf_arch.rope_freq_factors(hp)
     assert ours is not None and ours.shape == (32,)
     assert np.allclose(ours, (plain / scaled.double()).numpy(), rtol=1e-5)
 
 
 def test_tensor_names() -> None:
-    hp = hf_llama.parse_config(_BASE)
-    assert hf_llama.gguf_name("model.layers.4.self_attn.k_proj.weight", hp) == "blk.4.attn_k.weight"
-    assert hf_llama.gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq", hp) is None
+    hp = hf_arch.parse_config(_BASE)
+    assert hf_arch.gguf_name("model.layers.4.self_attn.k_proj.weight", hp) == "blk.4.attn_k.weight"
+    assert hf_arch.gguf_name("model.layers.0.self_attn.rotary_emb.inv_freq", hp) is None
     for bad in ("model.layers.5.mlp.up_proj.weight", "model.layers.0.block_sparse_moe.gate.weight"):
         with pytest.raises(UnsupportedArchitectureError):
-            hf_llama.gguf_name(bad, hp)
+            hf_arch.gguf_name(bad, hp)
 
 
 # ---- SentencePiece protobuf --------------------------------------------------------------------
@@ -208,3 +208,28 @@ def test_tokenizer_json_of_another_kind_is_refused(tmp_path: Path) -> None:
     (folder / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(UnsupportedArchitectureError):
         tokenizer.load_vocab(folder, {}, 512)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "qwen3", "num_experts": 8},  # Qwen3-MoE's config spelling under a dense model_type
+    {"model_type": "phi3", "rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}},
+    {"model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh", "head_dim": 16,
+     "query_pre_attn_scalar": 144},  # Gemma 3 27B's query scaling, which llama.cpp does differently
+    {"model_type": "gemma3_text", "hidden_activation": "silu"},
+])
+def test_unsupported_variants_of_covered_architectures(cfg: dict) -> None:
+    with pytest.raises(UnsupportedArchitectureError):
+        hf_arch.parse_config({**_BASE, **cfg})
+
+
+def test_gemma3_reads_both_rotary_bases_and_the_layer_pattern() -> None:
+    hp = hf_arch.parse_config({
+        **_BASE, "model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh", "sliding_window": 512,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+    })
+    assert (hp.arch, hp.rope_theta, hp.rope_theta_swa, hp.swa_layers) == ("gemma3", 1e6, 1e4, (True, False))
+    assert hp.tie_embeddings is True and hp.spec.norm_shift == 1.0
+    assert hf_arch.gguf_name("model.layers.1.pre_feedforward_layernorm.weight", hp) == "blk.1.ffn_norm.weight"
+    assert hf_arch.gguf_name("model.layers.1.post_attention_layernorm.weight", hp) == "blk.1.post_attention_norm.weight"

@@ -8,13 +8,18 @@ For every 2-D weight W [rows, cols] that a matmul consumes (GGUF names and layou
               output with y sampled from the model itself; so that for a weight error E the expected
               rise in KL divergence per token is about 0.5 * sum_r f_r * E_r H E_r^T.
 
+Where each comes from is the caller's choice (``plan.run_calibration``): the Hessians from llama.cpp's
+own graph (``graph_stats``, any architecture), the gradients from this module's torch forward
+(``forward``, the llama family only: llama.cpp computes no gradients). ``calibrate`` here can also
+collect the Hessians itself, which the tests use as the differential check of ``graph_stats``.
+
 For the token embedding also the input side: ``input_fisher[v, c]``, the summed squared gradient at
 the embedding output over the positions holding token v (divided by the token count), so an error E
 in row v costs about 0.5 * sum_c input_fisher[v, c] * E[v, c]^2.
 
 Gradients are taken on the first ``fisher_seqs`` sequences only (a backward pass costs two forwards);
 the Hessians use all of them. This module reads no files and writes none: it gets a ``LlamaForward``
-and token ids.
+and token ids (or, in ``lookup_importance``, only token ids).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class Calibration:
     stats: dict[str, TensorStats] = field(default_factory=dict)
     n_tokens: int = 0
     n_fisher_tokens: int = 0
+    sources: dict[str, str] = field(default_factory=dict)  # statistic -> where it came from
 
     def get(self, name: str) -> TensorStats | None:
         return self.stats.get(name)
@@ -51,7 +57,8 @@ class Calibration:
 class _Collector:
     """The ``Observer`` that accumulates Hessians and squared gradients."""
 
-    def __init__(self, vocab: int, dim: int, embd_name: str):
+    def __init__(self, vocab: int, dim: int, embd_name: str, hessians: bool = True):
+        self.hessians = hessians
         self.h_sum: dict[tuple[str, ...], torch.Tensor] = {}
         self.f_sum: dict[str, torch.Tensor] = {}
         self.emb_sum = torch.zeros(vocab, dim, dtype=torch.float32)
@@ -60,6 +67,8 @@ class _Collector:
         self.fisher_tokens = 0
 
     def inputs(self, names: tuple[str, ...], x: torch.Tensor) -> None:
+        if not self.hessians:
+            return
         xd = x.detach()
         xtx = xd.T @ xd
         if names in self.h_sum:
@@ -106,12 +115,18 @@ def calibrate(
     fisher_seqs: int = 4,
     seed: int = 0,
     progress: Progress | None = None,
+    hessians: bool = True,
 ) -> Calibration:
-    """Collect Hessians for every matmul weight and Fisher diagonals on the first ``fisher_seqs``."""
+    """Collect Hessians for every matmul weight and Fisher diagonals on the first ``fisher_seqs``.
+
+    With ``hessians=False`` only the gradient statistics are kept (``fisher``, ``input_fisher``; each
+    ``TensorStats.hessian`` is then an empty [0, 0] placeholder), for when the Hessians come from
+    llama.cpp's graph (``graph_stats``).
+    """
     if not sequences:
         raise InvalidTextError("the calibration text gave no token sequences")
     embd = model.w["token_embd.weight"]
-    col = _Collector(embd.shape[0], embd.shape[1], "token_embd.weight")
+    col = _Collector(embd.shape[0], embd.shape[1], "token_embd.weight", hessians)
     gen = torch.Generator().manual_seed(seed)
     for i, seq in enumerate(sequences):
         ids = torch.tensor(list(seq), dtype=torch.long)
@@ -139,9 +154,25 @@ def _finish(col: _Collector) -> Calibration:
             cal.stats[name] = TensorStats(hessian=hess)
     if col.fisher_tokens:
         for name, f in col.f_sum.items():
+            if name not in cal.stats:
+                cal.stats[name] = TensorStats(hessian=np.zeros((0, 0), np.float32))
             cal.stats[name].fisher = (f / col.fisher_tokens).numpy()
         emb = cal.stats.get(col.embd_name)
         if emb is None:  # untied: the embedding is only looked up
             emb = cal.stats[col.embd_name] = TensorStats(hessian=np.zeros((0, 0), np.float32))
         emb.input_fisher = (col.emb_sum / col.fisher_tokens).numpy()
     return cal
+
+
+def lookup_importance(sequences: Sequence[Sequence[int]], vocab: int, dim: int) -> np.ndarray:
+    """Gradient-free stand-in for the embedding's ``input_fisher`` [vocab, dim]: each row's share of
+    the calibration tokens (add-one smoothed, so tokens the text lacks are not free to ruin),
+    broadcast over the columns (a read-only view, no [vocab, dim] copy).
+
+    An error E_v in embedding row v moves the residual stream by E_v at every position holding v, so
+    the mean squared perturbation per token is sum_v share_v * |E_v|^2: the same units as the
+    output-error loss E H E^T of the other weights when no Fisher weights them.
+    """
+    counts = np.bincount(np.concatenate([np.asarray(s, np.int64) for s in sequences]), minlength=vocab)[:vocab]
+    share = ((counts + 1) / (int(counts.sum()) + vocab)).astype(np.float32)  # add-one: unseen rows still count
+    return np.broadcast_to(share[:, None], (vocab, dim))

@@ -6,10 +6,11 @@ cause: 0.5 * sum_r f_r * E_r H E_r^T (+ the embedding's input-side term), f the 
 H the input Hessian from calibration. Rows are importance-sampled in proportion to their Fisher
 weight (mixed with uniform), and the estimate is reweighted, so it is unbiased for the full tensor.
 
-``allocate(...)`` solves the multiple-choice knapsack "one type per tensor, total bytes <= budget,
-minimise total predicted loss" greedily along each tensor's lower convex hull of (bytes, loss):
-always buy the upgrade with the most predicted loss removed per byte, skipping upgrades that no
-longer fit. Embeddings, attention and FFN weights compete on these numbers alone; no fixed table.
+``allocate(...)`` solves the multiple-choice knapsack "one type per tensor, total bytes <= budget
+(optionally: predicted decode and prefill times within limits), minimise total predicted loss"
+greedily along each tensor's lower convex hull of (bytes, loss): always buy the upgrade with the
+most predicted loss removed per byte, skipping upgrades that no longer fit. Embeddings, attention
+and FFN weights compete on these numbers alone; no fixed table.
 Pure logic: arrays in, choices out.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ class Candidate:
     nbytes: int
     loss: float  # predicted mean KL rise (nats per token)
     ms: float = 0.0  # predicted decode time per token (``speed``)
+    prefill_ms: float = 0.0  # predicted prefill time per prompt token (``speed``)
 
 
 @dataclass
@@ -65,8 +67,9 @@ def row_proxy(W: np.ndarray, stats: TensorStats | None) -> np.ndarray:
     if stats is None:
         return np.einsum("rc,rc->r", W, W, dtype=np.float64)
     s = np.zeros(len(W))
-    if stats.fisher is not None and stats.hessian.shape == (W.shape[1], W.shape[1]):
-        s += stats.fisher * ((W * W) @ np.diag(stats.hessian).astype(np.float32))
+    if stats.hessian.shape == (W.shape[1], W.shape[1]):  # no Fisher: every row weighs 1 (as in row_loss)
+        f = stats.fisher if stats.fisher is not None else 1.0
+        s += f * ((W * W) @ np.diag(stats.hessian).astype(np.float32))
     if stats.input_fisher is not None:
         s += np.einsum("rc,rc->r", stats.input_fisher, W * W, dtype=np.float64)
     return s
@@ -81,7 +84,7 @@ def sample_rows(proxy: np.ndarray, max_rows: int, rng: np.random.Generator) -> t
     if n_rows <= max_rows:
         return np.arange(n_rows), np.ones(n_rows)
     total = float(proxy.sum())
-    p = 0.5 / n_rows + (0.5 * proxy / total if total > 0 else 0.5 / n_rows)
+    p = np.full(n_rows, 0.5 / n_rows) + (0.5 * proxy / total if total > 0 else 0.5 / n_rows)
     p = p / p.sum()
     draws = rng.choice(n_rows, size=max_rows, replace=True, p=p)
     rows, counts = np.unique(draws, return_counts=True)
@@ -152,7 +155,52 @@ def _hull(cands: list[Candidate], mu: float = 0.0) -> list[Candidate]:
     return front
 
 
-def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | None = None) -> dict[str, Candidate]:
+PREFILL_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | None = None,
+             max_prefill_ms: float | None = None) -> dict[str, Candidate]:
+    """One candidate per tensor, total bytes <= budget_bytes, total decode ms <= max_ms and total
+    prefill ms <= max_prefill_ms (each limit optional), least predicted loss.
+
+    Two time limits: each candidate's time becomes the weighted sum (1 - a) * ms / max_ms +
+    a * prefill_ms / max_prefill_ms with one limit of 1, solved as below for each a in
+    ``PREFILL_WEIGHTS``; of the plans that meet both real limits the least lossy wins. (Any plan
+    meeting both limits meets every weighted one, so the scan loses only plans between the weights.)
+    BudgetError when none meets both.
+    """
+    if max_prefill_ms is None:
+        return _allocate_timed(choices, budget_bytes, max_ms)
+    weights = PREFILL_WEIGHTS if max_ms is not None else (1.0,)
+    by_key = {(t.name, c.qtype): c for t in choices for c in t.candidates}
+    best: dict[str, Candidate] | None = None
+    for a in weights:
+        scaled = [TensorChoice(t.name, t.shape, [
+            replace(c, ms=(1 - a) * c.ms / max(max_ms or 1.0, 1e-300) + a * c.prefill_ms / max(max_prefill_ms, 1e-300))
+            for c in t.candidates]) for t in choices]
+        try:
+            picks = _allocate_timed(scaled, budget_bytes, 1.0)
+        except BudgetError:
+            continue
+        picks = {name: by_key[(name, c.qtype)] for name, c in picks.items()}
+        slack = 1 + 1e-9
+        if max_ms is not None and _total_ms(picks) > max_ms * slack:
+            continue
+        if sum(c.prefill_ms for c in picks.values()) > max_prefill_ms * slack:
+            continue
+        if best is None or _total_loss(picks) < _total_loss(best):
+            best = picks
+    if best is None:
+        fastest = sum(min(c.prefill_ms for c in t.candidates) for t in choices)
+        raise BudgetError(
+            f"no mix within {budget_bytes / 2**20:.2f} MiB of tensors meets both the decode limit "
+            f"({max_ms} ms per token) and the prefill limit ({max_prefill_ms:.3f} ms per prompt token) "
+            f"by the speed model (the fastest prefill types alone take {fastest:.3f} ms)"
+        )
+    return best
+
+
+def _allocate_timed(choices: list[TensorChoice], budget_bytes: int, max_ms: float | None) -> dict[str, Candidate]:
     """One candidate per tensor, total bytes <= budget_bytes (and total ms <= max_ms), least loss.
 
     Bytes alone: greedy along the convex hulls. With a decode-time limit too: the few tensors big

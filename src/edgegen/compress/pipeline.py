@@ -52,6 +52,8 @@ class Budget:
     smallest: bool = False
     max_decode_ms: float | None = None  # optional speed limit, in ``speed.decode_cost`` units
     speed_costs: Mapping[str, float] | None = None  # the CPU's per-format costs (None: ``speed``'s own)
+    max_prefill_ms: float | None = None  # optional prefill limit, in ``speed.prefill_cost`` units
+    prefill_costs: Mapping[str, float] | None = None  # the CPU's per-format prefill costs
 
     @classmethod
     def of(cls, *, max_size_mib: float | None = None, bpw: float | None = None,
@@ -61,16 +63,18 @@ class Budget:
         given = [x is not None for x in (max_size_mib, bpw, preset)]
         if sum(given) > 1:
             raise UserInputError("give only one of --max-size-mib, --bpw and --preset")
-        from edgegen.compress.speed import file_decode_cost, load_profile
+        from edgegen.compress.speed import file_decode_cost, file_prefill_cost, load_profile
 
         costs = load_profile(Path(speed_profile)) if speed_profile is not None else None
-        ms = None
+        pcosts = load_profile(Path(speed_profile), "prefill_ns_per_weight_1thread") if speed_profile else None
+        ms = prefill_ms = None
         if speed_of is not None:
             from edgegen.formats.gguf_file import validate_gguf
 
             validate_gguf(Path(speed_of))
             ms = file_decode_cost(Path(speed_of), costs)
-        speed = {"max_decode_ms": ms, "speed_costs": costs}
+            prefill_ms = file_prefill_cost(Path(speed_of), pcosts)
+        speed = {"max_decode_ms": ms, "speed_costs": costs, "max_prefill_ms": prefill_ms, "prefill_costs": pcosts}
         if max_size_mib is not None:
             if not max_size_mib > 0:
                 raise BudgetError(f"the size budget must be positive, not {max_size_mib} MiB")
@@ -88,7 +92,11 @@ class Budget:
     def describe(self) -> str:
         size = (f"{self.max_bytes / 2**20:.2f} MiB" if self.max_bytes is not None
                 else "smallest" if self.smallest else f"{self.bpw} bpw")
-        return size if self.max_decode_ms is None else f"{size}, <= {self.max_decode_ms:.3f} ms/token"
+        if self.max_decode_ms is not None:
+            size += f", <= {self.max_decode_ms:.3f} ms/token"
+        if self.max_prefill_ms is not None:
+            size += f", <= {self.max_prefill_ms:.3f} ms/prompt token"
+        return size
 
 
 @dataclass
@@ -163,11 +171,15 @@ def _compress(
         reader = validate_gguf(gguf_path)
         arch = str(field_value(reader, "general.architecture", "llama"))
         model = planning.SourceModel(reader)
+        planning.check_experts(model, arch)
         if not model.quantizable(config.types):
             raise InvalidModelError(
                 f"{src} has no weight matrix that any block format can hold "
                 f"(rows must be a multiple of 32 values)"
             )
+        from edgegen.compress.graph_stats import check_loadable
+
+        check_loadable(gguf_path, arch)
         header = header_bytes(reader, arch, model.out_plan({}))
         tensor_budget = _tensor_budget(budget, model, header, config.types)
         cal = None
@@ -176,9 +188,9 @@ def _compress(
             timer.lap("calibrate")
         chol = planning.CholCache(config.damp)
         choices = planning.measure_all(model, cal, config, chol, _stage(progress, "measure"),
-                                       budget.speed_costs)
+                                       budget.speed_costs, budget.prefill_costs)
         timer.lap("measure")
-        picks = planning.allocate_types(choices, tensor_budget, budget.max_decode_ms)
+        picks = planning.allocate_types(choices, tensor_budget, budget.max_decode_ms, budget.max_prefill_ms)
         out_plan = model.out_plan({name: c.qtype for name, c in picks.items()})
         rounding = planning.Rounder(model, cal, out_plan, chol)
         write_quantized(out, reader, arch, out_plan, rounding.produce, _stage(progress, "quantize"))
@@ -202,8 +214,9 @@ def _compress(
         source=str(src), output=str(out), file_bytes=actual, budget=budget.describe(),
         budget_bytes=budget.max_bytes, n_params=model.n_params, calibrated=cal is not None,
         calib_tokens=cal.n_tokens if cal else 0, fisher_tokens=cal.n_fisher_tokens if cal else 0,
+        calibration=cal.sources if cal else {},
         seconds=timer.laps, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        tensors=tensors, speed_costs=budget.speed_costs,
+        tensors=tensors, speed_costs=budget.speed_costs, prefill_costs=budget.prefill_costs,
     )
 
 

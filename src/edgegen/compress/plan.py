@@ -9,6 +9,7 @@ which are kept (norms, stored F32), their candidate types, sizes and float32 val
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -22,11 +23,12 @@ from edgegen.compress.calibrate import Calibration, TensorStats, calibrate, toke
 from edgegen.compress.gguf_out import OutTensor, padded
 from edgegen.compress.mixed import Candidate, TensorChoice, allocate, measure_group, plain_weights, row_loss
 from edgegen.compress.rounding import hessian_error, inverse_cholesky, round_parts
-from edgegen.compress.speed import tensor_ms
-from edgegen.errors import InvalidTextError, UserInputError
+from edgegen.compress.speed import PREFILL_NS_PER_WEIGHT, read_per_prompt_token, tensor_ms
+from edgegen.errors import InvalidTextError, UnsupportedArchitectureError, UserInputError
 from edgegen.formats.gguf_file import read_per_token
 
 MIN_CALIB_TOKENS = 64
+log = logging.getLogger(__name__)
 
 
 class SourceModel:
@@ -93,6 +95,17 @@ class SourceModel:
         return self.weight(name)
 
 
+def check_experts(model: SourceModel, arch: str) -> None:
+    """UnsupportedArchitectureError for Mixture-of-Experts expert tensors (3-D [n_expert, rows,
+    cols]): not quantized per expert yet, and kept whole they would stay F32."""
+    experts = [n for n, s in model.shapes.items() if len(s) > 2]
+    if experts:
+        raise UnsupportedArchitectureError(
+            f"{arch} has Mixture-of-Experts expert tensors ({len(experts)}, e.g. {experts[0]}); "
+            "edgegen does not compress MoE models yet"
+        )
+
+
 def read_calibration(path: Path | None = None, text: str | None = None) -> str | None:
     """The calibration text: from a file, a folder of ``*.txt`` files, or given as is; None if neither."""
     if path is not None and text is not None:
@@ -112,9 +125,15 @@ def read_calibration(path: Path | None = None, text: str | None = None) -> str |
 
 
 def run_calibration(
-    gguf_path: Path, reader: Any, text: str, config: Any, progress: Callable[[int, int], None] | None
+    gguf_path: Path, reader: Any, text: str, config: Any, progress: Callable[[int, int], None] | None,
+    matrices: Sequence[str] | None = None,
 ) -> Calibration:
-    from edgegen.compress.forward import load_forward
+    """Hessians of every weight matmul from llama.cpp's graph (``graph_stats``, any architecture it
+    runs); Fisher weights from the torch forward where it covers the architecture (llama, qwen2),
+    else the embedding's lookup shares (``lookup_importance``) and no per-row weights."""
+    from edgegen.compress import forward
+    from edgegen.compress.calibrate import lookup_importance
+    from edgegen.compress.graph_stats import collect_hessians
     from edgegen.runtime.engine import Engine
 
     meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
@@ -128,9 +147,37 @@ def run_calibration(
         )
     seq_len = min(config.seq_len, len(tokens) + (1 if bos is not None else 0))
     seqs = token_sequences(tokens, seq_len, config.calib_seqs, bos)
-    model = load_forward(reader, meta)
-    return calibrate(model, seqs, fisher_seqs=min(config.fisher_seqs, len(seqs)), seed=config.seed,
-                     progress=progress)
+    names = set(matrices) if matrices is not None else {t.name for t in reader.tensors}
+    graph = collect_hessians(gguf_path, seqs, names, n_threads=config.n_threads, progress=progress)
+    cal = Calibration(n_tokens=graph.n_tokens,
+                      sources={"hessian": "llama.cpp graph (cb_eval on MUL_MAT inputs)"})
+    for group, H in graph.hessians.items():
+        for name in group:
+            cal.stats[name] = TensorStats(hessian=H)
+    arch = str(meta.get("general.architecture", "?"))
+    n_fisher = min(config.fisher_seqs, len(seqs))
+    torch_model = None
+    if arch in forward.SUPPORTED and n_fisher:
+        try:
+            torch_model = forward.load_forward(reader, meta)
+        except UnsupportedArchitectureError as exc:  # e.g. rotary scaling the torch forward lacks
+            log.info("no Fisher weights: %s", exc)
+    if torch_model is not None:
+        grads = calibrate(torch_model, seqs[:n_fisher], fisher_seqs=n_fisher, seed=config.seed, hessians=False)
+        del torch_model
+        for name, st in grads.stats.items():
+            mine = cal.stats.setdefault(name, TensorStats(hessian=np.zeros((0, 0), np.float32)))
+            mine.fisher, mine.input_fisher = st.fisher, st.input_fisher
+        cal.n_fisher_tokens = grads.n_fisher_tokens
+        cal.sources["fisher"] = f"torch forward ({arch}), gradients on {n_fisher} sequence(s)"
+    else:
+        embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+        if embd is not None:  # the lookup side (tied: on top of the output head's Hessian)
+            vocab, dim = int(embd.shape[1]), int(embd.shape[0])
+            st = cal.stats.setdefault("token_embd.weight", TensorStats(hessian=np.zeros((0, 0), np.float32)))
+            st.input_fisher = lookup_importance(seqs, vocab, dim)
+        cal.sources["fisher"] = f"none ({arch}: no gradients; token_embd rows weighted by lookup share)"
+    return cal
 
 
 def _stats(cal: Calibration | None, name: str) -> TensorStats | None:
@@ -170,7 +217,10 @@ def _hessian(cal: Calibration | None, name: str, cols: int) -> np.ndarray | None
 def measure_all(
     model: SourceModel, cal: Calibration | None, config: Any, chol: CholCache,
     progress: Callable[[int, int], None] | None, speed_costs: Mapping[str, float] | None = None,
+    prefill_costs: Mapping[str, float] | None = None,
 ) -> list[TensorChoice]:
+    """Every matrix's candidates with predicted loss, bytes, decode ms per token (``speed_costs``)
+    and prefill ms per prompt token (``prefill_costs``; default: ``speed``'s tables)."""
     out: list[TensorChoice] = []
     names = set(model.shapes)
     done = 0
@@ -181,9 +231,12 @@ def measure_all(
         seed = config.seed * 1_000_003 + zlib.crc32(group[0].encode())
         for choice in measure_group(members, cands, hessian=H, chol=chol.get(H), max_rows=config.sample_rows,
                                     seed=seed):
-            if read_per_token(choice.name, names):
-                n = choice.shape[0] * choice.shape[1]
-                choice.candidates = [replace(c, ms=tensor_ms(c.qtype, n, speed_costs)) for c in choice.candidates]
+            n = choice.shape[0] * choice.shape[1]
+            decode, prefill = read_per_token(choice.name, names), read_per_prompt_token(choice.name)
+            choice.candidates = [
+                replace(c, ms=tensor_ms(c.qtype, n, speed_costs) if decode else 0.0,
+                        prefill_ms=tensor_ms(c.qtype, n, prefill_costs or PREFILL_NS_PER_WEIGHT) if prefill else 0.0)
+                for c in choice.candidates]
             out.append(choice)
         done += len(group)
         if progress:
@@ -192,9 +245,10 @@ def measure_all(
 
 
 def allocate_types(
-    choices: list[TensorChoice], tensor_budget: int, max_ms: float | None = None
+    choices: list[TensorChoice], tensor_budget: int, max_ms: float | None = None,
+    max_prefill_ms: float | None = None,
 ) -> dict[str, Candidate]:
-    return allocate(choices, tensor_budget, max_ms)
+    return allocate(choices, tensor_budget, max_ms, max_prefill_ms)
 
 
 class Rounder:

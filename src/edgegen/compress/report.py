@@ -44,22 +44,26 @@ class CompressReport:
     predicted_kl: float
     measured_kl: float
     predicted_decode_ms: float  # matrix work per token at one thread, by the ``speed`` model
+    predicted_prefill_ms: float  # matrix work per prompt token at one thread, by the ``speed`` model
     types: dict[str, int]  # type -> parameters stored in it
     seconds: dict[str, float]
     peak_rss_bytes: int
     tensors: list[TensorReport]
+    calibration: dict[str, str] = field(default_factory=dict)  # statistic -> where it came from
 
     @classmethod
     def build(cls, *, tensors: list[TensorReport], n_params: int, speed_costs: Mapping[str, float] | None = None,
-              **kw: Any) -> CompressReport:
+              prefill_costs: Mapping[str, float] | None = None, **kw: Any) -> CompressReport:
         types: Counter[str] = Counter()
         for t in tensors:
             types[t.type] += math.prod(t.shape)
         tensor_bytes = sum(t.bytes for t in tensors)
-        from edgegen.compress.speed import decode_cost
+        from edgegen.compress.speed import decode_cost, prefill_cost
 
+        shapes = [(t.name, tuple(t.shape), t.type) for t in tensors]
         return cls(
-            predicted_decode_ms=decode_cost(((t.name, tuple(t.shape), t.type) for t in tensors), speed_costs),
+            predicted_decode_ms=decode_cost(shapes, speed_costs),
+            predicted_prefill_ms=prefill_cost(shapes, prefill_costs),
             tensors=tensors, n_params=n_params,
             bits_per_weight=round(8 * tensor_bytes / max(1, n_params), 4),
             predicted_kl=sum(t.predicted_kl for t in tensors),

@@ -1,4 +1,4 @@
-"""How fast llama.cpp decodes each block format: a per-weight cost model for the allocator.
+"""How fast llama.cpp decodes and prefills each block format: a per-weight cost model for the allocator.
 
 At batch size 1 every weight matrix (and the output matrix, which is the token embedding when the
 two are tied) is read once per token, and the time a matrix costs is close to its parameter count
@@ -15,6 +15,22 @@ benchmark measures real speed.
 
 Another CPU is described by a profile: ``bench/format_speed.py`` run on it prints one, and
 ``load_profile(path)`` reads it (or a plain ``{"Q4_0": ns, ...}`` mapping) for ``compress``.
+
+Prefill (evaluating the prompt, what sets the time to first token) runs other kernels: the prompt's
+tokens go through each matrix together, as a matrix-matrix product, and there the formats' order
+changes. In the vendored ggml-cpu of llama-cpp-python 0.3.36, on x86-64 with AVX2: Q4_0, IQ4_NL
+and Q4_K are repacked at load into 8x8 interleaved layouts with their own GEMM kernels
+(``ggml-cpu/repack.cpp``, ``ggml_repack_get_optimal_repack_type``; Q2_K only with AVX-512), and
+F32, F16, Q8_0, Q4_0, Q5_0 and IQ4_NL have llamafile's tiled GEMM (``ggml-cpu/llamafile/sgemm.cpp``);
+Q4_1, Q5_1 and the other k-quants fall back to one dot product per row and column. Q4_1 is about as
+fast as Q8_0 in decode but far slower in prefill. ``PREFILL_NS_PER_WEIGHT`` holds the cost per weight
+per prompt token as ``bench/format_speed.py`` measured it (``bench/results/format_speed.prefill.json``:
+prompt of ``PROMPT_TOKENS`` tokens, one batch, one thread, median CPU time of 3 interleaved rounds,
+same machine, but under a load average of 9 to 15, so in inflated units: only ratios within the
+table are meant; Q4_1 / Q4_0 = 2.1, Q5_1 2.5, Q5_0 1.5, Q8_0 1.23, IQ4_NL 1.05, spreads 3-12%).
+F16 and F32 were not measured; they are their decode costs scaled by the median prefill/decode ratio. Prefill applies every
+matrix to every prompt token except the output matrix, which llama.cpp applies to the last prompt
+token only (``read_per_prompt_token``).
 
 ``decode_cost(...)`` of a plan or of an existing GGUF is the predicted milliseconds of matrix work
 per token at one thread; comparing two files of the same model by it is meaningful (the per-token
@@ -46,7 +62,29 @@ DECODE_NS_PER_WEIGHT: dict[str, float] = {
     "F16": 0.0712,
     "F32": 0.111,
 }
+PREFILL_NS_PER_WEIGHT: dict[str, float] = {
+    "Q4_K": 0.0429,
+    "Q5_K": 0.0462,
+    "Q6_K": 0.0522,
+    "Q4_0": 0.0529,
+    "IQ4_NL": 0.0554,
+    "Q3_K": 0.0561,
+    "Q2_K": 0.0597,
+    "Q8_0": 0.0649,
+    "Q5_0": 0.0804,
+    "F16": 0.1086,  # not measured: decode cost x the median prefill/decode ratio
+    "Q4_1": 0.11,
+    "Q5_1": 0.1329,
+    "F32": 0.1693,  # not measured: decode cost x the median prefill/decode ratio
+}
+PROMPT_TOKENS = 511  # the prompt length the prefill constants were measured at
 UNKNOWN_NS = 0.1
+
+
+def read_per_prompt_token(name: str) -> bool:
+    """Whether prefill applies tensor ``name`` to every prompt token: every matrix but the embedding
+    (looked up) and the output matrix (or the tied embedding), which only the last token needs."""
+    return name not in ("token_embd.weight", "output.weight")
 
 
 def tensor_ms(qtype: str, n_params: int, costs: Mapping[str, float] | None = None) -> float:
@@ -64,21 +102,39 @@ def decode_cost(
     )
 
 
+def prefill_cost(
+    tensors: Iterable[tuple[str, tuple[int, ...], str]], costs: Mapping[str, float] | None = None
+) -> float:
+    """Predicted ms of matrix work per prompt token, from (name, shape, ggml type name) of every tensor."""
+    table = costs or PREFILL_NS_PER_WEIGHT
+    return sum(tensor_ms(t, int(np.prod(s)), table) for n, s, t in tensors if len(s) >= 2 and read_per_prompt_token(n))
+
+
+def _file_tensors(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
+    reader = open_reader(Path(path))
+    return [(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors]
+
+
 def file_decode_cost(path: Path, costs: Mapping[str, float] | None = None) -> float:
     """``decode_cost`` of an existing GGUF file."""
-    reader = open_reader(Path(path))
-    return decode_cost(
-        ((t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name) for t in reader.tensors),
-        costs,
-    )
+    return decode_cost(_file_tensors(path), costs)
+
+
+def file_prefill_cost(path: Path, costs: Mapping[str, float] | None = None) -> float:
+    """``prefill_cost`` of an existing GGUF file."""
+    return prefill_cost(_file_tensors(path), costs)
 
 
 def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, float]:
     """A CPU's per-format costs (ns per weight): ``bench/format_speed.py``'s JSON or a plain mapping.
 
-    Formats the profile does not name keep this module's constants, scaled by the median ratio of
-    the formats it does name, so a partial profile still ranks every format.
+    ``key`` picks the decode costs (``ns_per_weight_1thread``) or the prefill costs
+    (``prefill_ns_per_weight_1thread``; a plain mapping serves as both; a profile with decode costs
+    only gives the prefill table scaled by its decode scale). Formats the profile does
+    not name keep this module's constants, scaled by the median ratio of the formats it does name,
+    so a partial profile still ranks every format.
     """
+    base = PREFILL_NS_PER_WEIGHT if key.startswith("prefill") else DECODE_NS_PER_WEIGHT
     from edgegen.errors import UserInputError
 
     try:
@@ -91,9 +147,13 @@ def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, fl
     costs: dict[str, float] = {}
     for name, v in table.items():
         value = v.get(key) if isinstance(v, dict) else v
-        if name.upper() in DECODE_NS_PER_WEIGHT and isinstance(value, (int, float)) and value > 0:
+        if name.upper() in base and isinstance(value, (int, float)) and value > 0:
             costs[name.upper()] = float(value)
+    if not costs and base is PREFILL_NS_PER_WEIGHT:  # a decode-only profile: scale the prefill table
+        decode = load_profile(path)
+        scale = float(np.median([decode[k] / DECODE_NS_PER_WEIGHT[k] for k in decode]))
+        return {k: v * scale for k, v in base.items()}
     if not costs:
         raise UserInputError(f"the speed profile {path} names no known format with a positive cost")
-    scale = float(np.median([costs[k] / DECODE_NS_PER_WEIGHT[k] for k in costs]))
-    return {k: costs.get(k, v * scale) for k, v in DECODE_NS_PER_WEIGHT.items()}
+    scale = float(np.median([costs[k] / base[k] for k in costs]))
+    return {k: costs.get(k, v * scale) for k, v in base.items()}

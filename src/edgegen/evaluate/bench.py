@@ -260,3 +260,56 @@ def run_bench(
     """``run_bench_many`` of one file: medians and spread over ``rounds`` fresh processes."""
     return run_bench_many([model], prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repeats=repeats,
                           rounds=rounds, n_threads=n_threads, bandwidth=bandwidth)[0]
+
+
+def compare_speed(
+    models: Sequence[Path], *, rounds: int = 5, prompt_tokens: int = 511, gen_tokens: int = 32,
+    n_threads: int = 1,
+) -> dict[str, dict[str, list[float]]]:
+    """Prefill and decode cost of several files in interleaved rounds, every round kept.
+
+    Each file is loaded once (``n_ctx`` = prompt + generated + 8, one batch of 512); every round runs
+    each file in turn, the order rotated by one each round (A B C, B C A, ...), on an emptied context:
+    prefill of ``prompt_tokens`` tokens of fixed English text, then ``gen_tokens`` greedy tokens. Time is
+    process CPU time (robust to other load at one thread), split at the first sampled token.
+    Per file: ``prefill_cpu_ms_per_token`` and ``decode_cpu_ms_per_token``, one value per round (in
+    round order, so ratios between files can be taken round by round). A first, unrecorded pass warms
+    every file.
+    """
+    from edgegen.runtime.engine import Engine, SamplingParams
+
+    params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
+    seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
+    out = {str(m): {"prefill_cpu_ms_per_token": [], "decode_cpu_ms_per_token": []} for m in models}
+    engines = [Engine(m, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads) for m in models]
+    try:
+        ids = [e.tokenize(seed_text * (1 + prompt_tokens // 8), add_bos=False)[:prompt_tokens] for e in engines]
+        for r in range(-1, rounds):
+            order = list(range(len(models)))
+            order = order[r % len(order):] + order[: r % len(order)] if r >= 0 else order
+            for k in order:
+                engine = engines[k]
+                engine.reset()  # a full prefill, not a prompt-cache hit
+                c0 = time.process_time()
+                first, n = None, 0
+                for _tok in engine.stream(ids[k], params):
+                    n += 1
+                    if first is None:
+                        first = time.process_time()
+                end = time.process_time()
+                if r < 0 or first is None:
+                    continue
+                row = out[str(models[k])]
+                row["prefill_cpu_ms_per_token"].append(1e3 * (first - c0) / len(ids[k]))
+                row["decode_cpu_ms_per_token"].append(1e3 * (end - first) / max(1, n - 1))
+    finally:
+        for engine in engines:
+            engine.close()
+    return out
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min, max and the relative half-range ((max - min) / 2 / median) of repeated measurements."""
+    v = sorted(values)
+    med = statistics.median(v)
+    return {"median": med, "min": v[0], "max": v[-1], "rel_half_range": (v[-1] - v[0]) / 2 / med if med else 0.0}

@@ -1,9 +1,9 @@
-"""``convert_model``: a Hugging Face Llama-family folder, or a quantized GGUF, to an F16/F32 GGUF.
+"""``convert_model``: a Hugging Face decoder-only model folder, or a quantized GGUF, to an F16/F32 GGUF.
 
     convert_model(src, out, dtype="f16", progress=None, bad_template=BadTemplate.REFUSE) -> out
 
 ``src`` a folder (config.json + *.safetensors + tokenizer files): the weights are mapped onto
-llama.cpp's tensor names (``hf_llama``: llama, mistral, qwen2), the tokenizer exported
+llama.cpp's tensor names (``hf_arch``: llama, mistral, qwen2, qwen3, gemma3, phi3), the tokenizer exported
 (``tokenizer``: SentencePiece or byte-level BPE) with its special tokens and chat template. 2-D
 weights are written in ``dtype``, 1-D tensors (norms, biases) stay F32. Tied embeddings are left
 tied (no ``output.weight``: llama.cpp reuses ``token_embd``).
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import ChatTemplateError, InvalidModelError, ModelNotFoundError, OutputError, UserInputError
-from edgegen.formats import dequant, hf_llama, tokenizer
+from edgegen.formats import dequant, hf_arch, tokenizer
 from edgegen.formats.chat_template import BadTemplate, template_error
 from edgegen.formats.gguf_file import field_value, validate_gguf
 from edgegen.formats.gguf_write import PlannedTensor, write_gguf
@@ -114,21 +114,8 @@ def _order(name: str) -> tuple[int, int, str]:
     return (0 if name.startswith(("token_embd", "rope_freqs")) else 2, 0, name)
 
 
-def _check_shape(name: str, shape: tuple[int, ...], hp: hf_llama.LlamaHParams) -> None:
-    want = {
-        "attn_q.weight": (hp.n_head * hp.head_dim, hp.n_embd),
-        "attn_k.weight": (hp.n_head_kv * hp.head_dim, hp.n_embd),
-        "attn_v.weight": (hp.n_head_kv * hp.head_dim, hp.n_embd),
-        "attn_output.weight": (hp.n_embd, hp.n_head * hp.head_dim),
-        "ffn_gate.weight": (hp.n_ff, hp.n_embd),
-        "ffn_up.weight": (hp.n_ff, hp.n_embd),
-        "ffn_down.weight": (hp.n_embd, hp.n_ff),
-        "attn_norm.weight": (hp.n_embd,),
-        "ffn_norm.weight": (hp.n_embd,),
-        "output_norm.weight": (hp.n_embd,),
-        "token_embd.weight": (hp.vocab_size, hp.n_embd),
-        "output.weight": (hp.vocab_size, hp.n_embd),
-    }.get(name.split(".", 2)[-1] if name.startswith("blk.") else name)
+def _check_shape(name: str, shape: tuple[int, ...], hp: hf_arch.HParams) -> None:
+    want = hf_arch.expected_shapes(hp).get(name.split(".", 2)[-1] if name.startswith("blk.") else name)
     if want is not None and shape != want:
         raise InvalidModelError(f"tensor {name} has shape {shape}; config.json implies {want}")
 
@@ -139,7 +126,7 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
     if not cfg_path.exists():
         raise InvalidModelError(f"{src} has no config.json, so it is not a Hugging Face model folder")
     cfg = read_json(cfg_path)
-    hp = hf_llama.parse_config(cfg)
+    hp = hf_arch.parse_config(cfg)
     refs = index_tensors(src)
     embd = refs.get("model.embed_tokens.weight")
     if embd is None or len(embd.shape) != 2:
@@ -152,7 +139,7 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
     want = np.float16 if dtype == "f16" else np.float32
     plan: list[PlannedTensor] = []
     for hf_name, ref in refs.items():
-        name = hf_llama.gguf_name(hf_name, hp)
+        name = hf_arch.gguf_name(hf_name, hp)
         if name is None:
             continue
         if ref.dtype not in FLOAT_DTYPES:
@@ -161,16 +148,16 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
         out_dtype = np.float32 if len(ref.shape) == 1 else want
         plan.append(PlannedTensor(
             name, ref.shape, np.dtype(out_dtype),
-            lambda ref=ref, name=name, out_dtype=out_dtype: hf_llama.prepare(
+            lambda ref=ref, name=name, out_dtype=out_dtype: hf_arch.prepare(
                 name, np.asarray(ref.load(), dtype=np.float32), hp).astype(out_dtype, copy=False),
         ))
     names = {t.name for t in plan}
     if "output.weight" not in names and hp.tie_embeddings is False:
         raise InvalidModelError(f"{src} has no lm_head.weight and config.json says embeddings are not tied")
-    missing = [n for n in hf_llama.expected_names(hp, "output.weight" in names) if n not in names]
+    missing = [n for n in hf_arch.expected_names(hp, "output.weight" in names) if n not in names]
     if missing:
         raise InvalidModelError(f"{src} lacks {len(missing)} tensor(s) llama.cpp needs, e.g. {', '.join(missing[:3])}")
-    factors = hf_llama.rope_freq_factors(hp)
+    factors = hf_arch.rope_freq_factors(hp)
     if factors is not None:
         plan.append(PlannedTensor("rope_freqs.weight", factors.shape, np.dtype(np.float32), lambda: factors))
     plan.sort(key=lambda t: _order(t.name))
@@ -178,7 +165,7 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
     def add_metadata(writer: Any) -> None:
         writer.add_type("model")
         writer.add_name(src.resolve().name)
-        hf_llama.write_hparams(writer, hp)
+        hf_arch.write_hparams(writer, hp)
         writer.add_file_type(dequant.file_type_for(dtype))
         tokenizer.write_vocab(writer, vocab)
 

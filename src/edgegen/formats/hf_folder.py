@@ -8,7 +8,7 @@ directly: an 8-byte little-endian header length, a JSON header {name: {dtype, sh
 data_offsets}}, then raw little-endian data. BF16 is widened to F32 exactly (a 16-bit shift).
 
 This module does not read ``pytorch_model.bin`` (pickles can run code; such folders are refused
-with a clear error) and does not know what any tensor means; ``hf_llama`` does.
+with a clear error) and does not know what any tensor means; ``hf_arch`` does.
 """
 
 from __future__ import annotations
