@@ -9,7 +9,8 @@ an HF folder (BF16) with the stories260K tokenizer (padded to the 262k rows by t
 compresses that folder. Random weights say nothing of quality; they do exercise the cost of every
 stage at that size. Each run is a fresh process (``/usr/bin/time -v``), so the peak RSS is the whole
 compression's; CPU seconds (user + system) are given beside the wall time, since on a loaded machine
-the wall time says more about the neighbours than about compress (record the load average). The calibration text is the Shakespeare plays of ``EDGEGEN_TEST_HOME`` if present.
+the wall time says more about the neighbours than about compress (record the load average).
+The calibration text is the Shakespeare plays of ``EDGEGEN_TEST_HOME`` if present.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def calibration_text(home: Path) -> Path:
     if plays:
         out.write_text("\n".join(p.read_text(errors="replace") for p in plays[:3]))
     else:
-        out.write_text(("Once upon a time there was a little girl who loved to play in the park. " * 400))
+        out.write_text("Once upon a time there was a little girl who loved to play in the park. " * 400)
     return out
 
 
@@ -79,7 +80,8 @@ def main() -> None:
         if proc.returncode != 0:
             sys.exit(f"compress failed ({proc.returncode}): {proc.stderr[-2000:]}")
         rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-        cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for k in ("User", "System"))
+        cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr).group(1))
+                  for k in ("User", "System"))
         report = json.loads(rep.read_text())
         result = {
             "source": str(src) if args.gguf else "random gemma3-270m-shaped model (transformers, from config)",

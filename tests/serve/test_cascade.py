@@ -56,7 +56,8 @@ def test_routes_by_confidence(stories_gguf: Path, cloud: BackgroundServer) -> No
     with _device(stories_gguf, cloud.url, -1e9) as dev:
         sure, unsure = (_complete(dev, p) for p in (SURE, UNSURE))
         assert sure.headers["x-edgegen-route"] == unsure.headers["x-edgegen-route"] == "local"
-        lp_sure, lp_unsure = _parse(sure.headers["x-edgegen-confidence"]), _parse(unsure.headers["x-edgegen-confidence"])
+        lp_sure = _parse(sure.headers["x-edgegen-confidence"])
+        lp_unsure = _parse(unsure.headers["x-edgegen-confidence"])
         local_text = sure.json()["choices"][0]["text"]
     assert lp_sure > lp_unsure + 0.2, (lp_sure, lp_unsure)
     with _device(stories_gguf, cloud.url, (lp_sure + lp_unsure) / 2) as dev:

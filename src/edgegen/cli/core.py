@@ -111,7 +111,8 @@ def run_cmd(
     cfg = get_settings().engine
     from edgegen.runtime.base import open_engine
 
-    with open_engine(_resolve(model), engine_name, n_ctx=ctx or cfg.n_ctx, n_threads=threads or cfg.n_threads) as engine:
+    with open_engine(_resolve(model), engine_name, n_ctx=ctx or cfg.n_ctx,
+                     n_threads=threads or cfg.n_threads) as engine:
         params, _ = model_defaults(engine.metadata, SamplingParams(max_tokens=max_tokens, seed=seed,
                                                                    stop=tuple(stop or ())))
         given = {"temperature": temperature, "top_p": top_p, "top_k": top_k}

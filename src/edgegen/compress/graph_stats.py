@@ -100,7 +100,8 @@ class _Collector:
                 return False if ask else True
             src1 = _GgmlTensor.from_address(t.src[1])
             if ask:
-                return src1.type == GGML_TYPE_F32 and src1.nb[0] == 4 and bool(self.ggml.ggml_backend_buffer_is_host(src1.buffer))
+                return (src1.type == GGML_TYPE_F32 and src1.nb[0] == 4
+                        and bool(self.ggml.ggml_backend_buffer_is_host(src1.buffer)))
             self._collect(name, t.src[1], src1)
         except BaseException as exc:  # an exception must not unwind through C; report it after decode
             self.error = exc

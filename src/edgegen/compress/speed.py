@@ -28,9 +28,9 @@ per prompt token as ``bench/format_speed.py`` measured it (``bench/results/forma
 prompt of ``PROMPT_TOKENS`` tokens, one batch, one thread, median CPU time of 3 interleaved rounds,
 same machine, but under a load average of 9 to 15, so in inflated units: only ratios within the
 table are meant; Q4_1 / Q4_0 = 2.1, Q5_1 2.5, Q5_0 1.5, Q8_0 1.23, IQ4_NL 1.05, spreads 3-12%).
-F16 and F32 were not measured; they are their decode costs scaled by the median prefill/decode ratio. Prefill applies every
-matrix to every prompt token except the output matrix, which llama.cpp applies to the last prompt
-token only (``read_per_prompt_token``).
+F16 and F32 were not measured; they are their decode costs scaled by the median prefill/decode ratio.
+Prefill applies every matrix to every prompt token except the output matrix, which llama.cpp
+applies to the last prompt token only (``read_per_prompt_token``).
 
 ``decode_cost(...)`` of a plan or of an existing GGUF is the predicted milliseconds of matrix work
 per token at one thread; comparing two files of the same model by it is meaningful (the per-token

@@ -48,8 +48,8 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
              log: Callable[[str], None] = lambda _m: None) -> Path:
     """``with_edgegen=False`` compares llama.cpp's quantizer alone (no torch needed, a few minutes less)."""
     from edgegen.evaluate.bench import measure_bandwidth, run_bench_many
-    from edgegen.evaluate.rounds import idle_cores
     from edgegen.evaluate.quality import evaluate_many
+    from edgegen.evaluate.rounds import idle_cores
     from edgegen.formats.convert import convert_model
     from edgegen.hub.sources import DEFAULT_MODEL, pull
     from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, plays_text

@@ -3,9 +3,9 @@
 Runs off the event loop (templates and tokenization of long prompts take milliseconds) but outside
 the engine's worker: it only reads the vocabulary and chat template, which llama.cpp allows from
 any thread. It also turns ``response_format`` and ``tools`` into a grammar (see ``structured``), so an
-invalid one is a 400 before any queueing. It decides what the device can serve: a prompt that does not fit the context raises
-``ContextOverflowError`` (the caller answers 400 or forwards upstream) and a request the engine
-cannot run raises ``InvalidRequestError``. It does not generate.
+invalid one is a 400 before any queueing. It decides what the device can serve: a prompt that does
+not fit the context raises ``ContextOverflowError`` (the caller answers 400 or forwards upstream)
+and a request the engine cannot run raises ``InvalidRequestError``. It does not generate.
 """
 
 from __future__ import annotations

@@ -167,7 +167,8 @@ class ChatCompletionRequest(_Generation):
     max_completion_tokens: int | None = Field(None, ge=1, description="Preferred over max_tokens when set.")
     logprobs: bool = Field(False, description="Report each sampled token's log-probability.")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS,
-                                     description="Also the likeliest alternatives per token (only with logprobs: true).")
+                                     description="Also the likeliest alternatives per token "
+                                                 "(only with logprobs: true).")
     response_format: ResponseFormat | None = Field(
         None, description="json_object or json_schema constrain the reply with a llama.cpp grammar.")
     tools: list[Tool] | None = Field(None, max_length=128)
