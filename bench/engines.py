@@ -15,7 +15,7 @@ reference's tokenization of Hamlet and Twelfth Night, chunks of 512): mean KL di
 Speed: ``plan.measure.measure_run`` in a fresh process per variant per round, variants interleaved
 (rotating order each round); one thread; decode as CPU ms/token (robust to other load) and wall
 tok/s, prefill tok/s from the time to first token of a 128-token prompt, peak RSS, load time.
-Ratios to ``ort-int4`` are taken within each round; medians with min..max. A spread whose ranges
+Ratios to ``ort-int4`` are taken within each round; medians with low..high. A spread whose ranges
 overlap is reported as such in ``verdict``.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -59,9 +58,10 @@ def make_variants(ref: Path, q4_1: Path, out: Path, with_edgegen: bool = True) -
     return v
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "n": len(values)}
+def _spread(values: list[float]) -> dict[str, float]:
+    from edgegen.evaluate.rounds import Spread
+
+    return Spread.of(values).to_dict()
 
 
 def main() -> None:
@@ -107,20 +107,20 @@ def main() -> None:
     for n in names:
         rs = runs[n]
         speed[n] = {
-            "decode_cpu_ms_per_token": spread([x["decode_cpu_ms"] for x in rs]),
-            "decode_tok_s_wall": spread([1e3 / x["decode_wall_ms"] for x in rs]),
-            "prefill_tok_s": spread([128 / x["ttft_s"] for x in rs]),
-            "peak_rss_mib": spread([x["peak_rss_bytes"] / 2**20 for x in rs]),
-            "load_s": spread([x["load_s"] for x in rs]),
-            "decode_cpu_ratio_to_ort_int4": spread([x["decode_cpu_ms"] / o["decode_cpu_ms"]
+            "decode_cpu_ms_per_token": _spread([x["decode_cpu_ms"] for x in rs]),
+            "decode_tok_s_wall": _spread([1e3 / x["decode_wall_ms"] for x in rs]),
+            "prefill_tok_s": _spread([128 / x["ttft_s"] for x in rs]),
+            "peak_rss_mib": _spread([x["peak_rss_bytes"] / 2**20 for x in rs]),
+            "load_s": _spread([x["load_s"] for x in rs]),
+            "decode_cpu_ratio_to_ort_int4": _spread([x["decode_cpu_ms"] / o["decode_cpu_ms"]
                                                     for x, o in zip(rs, runs["ort-int4"], strict=True)]),
-            "prefill_ratio_to_ort_int4": spread([o["ttft_s"] / x["ttft_s"]  # >1: this variant prefills faster
+            "prefill_ratio_to_ort_int4": _spread([o["ttft_s"] / x["ttft_s"]  # >1: this variant prefills faster
                                                  for x, o in zip(rs, runs["ort-int4"], strict=True)]),
             "variant": model_facts(variants[n]).variant,
         }
     fastest = min(names, key=lambda n: speed[n]["decode_cpu_ms_per_token"]["median"])
     ratios = {n: speed[n]["decode_cpu_ratio_to_ort_int4"] for n in names if n != "ort-int4"}
-    clear = all(r["min"] > 1.0 for r in ratios.values()) or all(r["max"] < 1.0 for r in ratios.values())
+    clear = all(r["low"] > 1.0 for r in ratios.values()) or all(r["high"] < 1.0 for r in ratios.values())
     verdict = (f"{fastest} decodes fastest (one thread, CPU time per token); every round agrees on the ort-int4 "
                "comparison" if clear else
                f"{fastest} has the lowest median decode cost, but per-round ratios to ort-int4 straddle 1 for some "

@@ -35,6 +35,13 @@ FULL = ("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "F32")
 KQUANTS = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    """Median, low, high, coefficient of variation and count (``evaluate.rounds.Spread``)."""
+    from edgegen.evaluate.rounds import Spread
+
+    return Spread.of(values).to_dict()
+
+
 def write_in_format(ref: Path, out: Path, qtype: str, base: str = "Q4_0") -> Path:
     """Every matrix that ``qtype`` can hold in ``qtype``, the others in ``base``; plain rounding."""
     from edgegen.compress.blocks import storage_type
@@ -65,10 +72,10 @@ def write_in_format(ref: Path, out: Path, qtype: str, base: str = "Q4_0") -> Pat
 
 
 def time_formats(files: dict[str, Path], rounds: int, prompt: int, tokens: int) -> dict[str, dict]:
-    from edgegen.evaluate.bench import compare_speed, spread
+    from edgegen.evaluate.bench import compare_speed
 
     raw = compare_speed(list(files.values()), rounds=rounds, prompt_tokens=prompt, gen_tokens=tokens, n_threads=1)
-    return {k: {key: spread(raw[str(p)][key]) for key in ("decode_cpu_ms_per_token", "prefill_cpu_ms_per_token")}
+    return {k: {key: _spread(raw[str(p)][key]) for key in ("decode_cpu_ms_per_token", "prefill_cpu_ms_per_token")}
             for k, p in files.items()}
 
 

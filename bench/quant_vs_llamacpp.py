@@ -51,6 +51,13 @@ from llamacpp_tools import build as build_tools  # noqa: E402
 from offgrid_reference import DEFAULTS, finetune, offgrid_path  # noqa: E402
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    """Median, low, high, coefficient of variation and count (``evaluate.rounds.Spread``)."""
+    from edgegen.evaluate.rounds import Spread
+
+    return Spread.of(values).to_dict()
+
+
 def run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -117,16 +124,16 @@ def quality(models: list[Path], ref: Path, text: Path, chunks: int, threads: int
 
 def speed(mine: Path, theirs: Path, rounds: int) -> dict:
     """Interleaved rounds, one thread, CPU time; per-round ratios theirs/ours (> 1: ours faster)."""
-    from edgegen.evaluate.bench import compare_speed, spread
+    from edgegen.evaluate.bench import compare_speed
 
     raw = compare_speed([mine, theirs], rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
     out: dict = {}
     for key, short in (("decode_cpu_ms_per_token", "decode"), ("prefill_cpu_ms_per_token", "prefill")):
         a, b = raw[str(mine)][key], raw[str(theirs)][key]
         ratios = [y / x for x, y in zip(a, b, strict=True)]
-        s = spread(ratios)
-        out[short] = {"ours_ms": spread(a), "theirs_ms": spread(b), "ratio": s,
-                      "concluded_ge_0.95x": s["min"] >= 0.95, "concluded_lt_0.95x": s["max"] < 0.95}
+        s = _spread(ratios)
+        out[short] = {"ours_ms": _spread(a), "theirs_ms": _spread(b), "ratio": s,
+                      "concluded_ge_0.95x": s["low"] >= 0.95, "concluded_lt_0.95x": s["high"] < 0.95}
     return out
 
 

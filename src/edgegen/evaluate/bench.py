@@ -306,10 +306,3 @@ def compare_speed(
         for engine in engines:
             engine.close()
     return out
-
-
-def spread(values: Sequence[float]) -> dict[str, float]:
-    """Median, min, max and the relative half-range ((max - min) / 2 / median) of repeated measurements."""
-    v = sorted(values)
-    med = statistics.median(v)
-    return {"median": med, "min": v[0], "max": v[-1], "rel_half_range": (v[-1] - v[0]) / 2 / med if med else 0.0}
