@@ -110,15 +110,23 @@ def test_dropped_counter_is_kept_as_the_maximum(sessions) -> None:
 
 
 def test_request_window_filters_version_and_time(sessions) -> None:
+    import time
     from datetime import datetime, timezone
+
+    from edgegen.fleet.db import utcnow
 
     events = [req(i, latency_s=0.1 * i, ok=(i != 3), version=2 if i > 2 else 1) for i in range(1, 6)]
     with sessions() as s:
-        store.ingest(s, "dev0", Batch("s1", tuple(events)))
+        store.ingest(s, "dev0", Batch("s1", tuple(events[:4])))
+        s.commit()
+        time.sleep(0.01)
+        cut = utcnow()  # windows go by the control plane's receipt time, not the device's clock
+        time.sleep(0.01)
+        store.ingest(s, "dev0", Batch("s1", tuple(events[4:])))
         w = store.request_window(s, "dev0", 2, datetime.fromtimestamp(0, tz=timezone.utc))
         assert w.requests == 3 and w.errors == 1 and sorted(w.latencies_ms) == [300.0, 400.0, 500.0]
-        late = datetime.fromtimestamp(1_700_000_000.0 + 4.5, tz=timezone.utc)
-        assert store.request_window(s, "dev0", 2, late).requests == 1
+        assert store.request_window(s, "dev0", 2, cut).requests == 1
+        assert store.request_window(s, "dev0", 1, cut).requests == 0
 
 
 def test_rollup_histograms_are_cumulative() -> None:
