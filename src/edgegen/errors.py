@@ -13,7 +13,15 @@
     │   ├── InvalidProfileError      a device profile file that is unreadable or misses fields
     │   ├── PlanRefusedError         no model/engine/format variant fits the device under the constraints
     │   ├── InvalidRequestError      an API request the server cannot honour (HTTP 400)
-    │   └── TlsSetupError            missing or unreadable TLS material (fleet CA, certificates)
+    │   ├── TlsSetupError            missing or unreadable TLS material (fleet CA, certificates)
+    │   ├── InvalidRolloutError      a rollout request that cannot be planned (bad stages, not newer)
+    │   ├── RolloutStateError        an action the rollout's state does not allow (resume a completed one)
+    │   ├── NotEnrolledError         a device data dir with no credential and no enrolment token
+    │   ├── UnknownDeviceError       a device id the control plane does not know
+    │   ├── KeyFileError             a key file that is missing, unreadable or not Ed25519
+    │   ├── KeyringError             the publisher's key directory is missing or incomplete
+    │   ├── PublishError             a publication the registry refuses
+    │   └── DatabaseURLError         a database URL that is neither SQLite nor PostgreSQL
     ├── SourceError                  a model source could not be fetched (offline hub, pip failure)
     ├── IntegrityError               a download whose hash/size does not match what was expected
     ├── ConversionError              conversion failed for a reason other than bad input
@@ -26,16 +34,21 @@
     │   └── EngineNotReadyError      the model is still loading, or failed to load
     └── FleetError                   control plane and device agent
         ├── AuthError                missing, wrong or revoked credential
+        ├── HealthCheckError         a candidate model that does not load, generate, or is too slow
+        ├── TelemetryError           the telemetry spool or its upload failed (disk full, corrupt spool)
         └── TrustError               an update refused (signature, hash, rollback, freeze, size)
             ├── SignatureError
             ├── HashMismatchError
             ├── RollbackError
             ├── FreezeError
             ├── OversizeError
-            └── BindingError         metadata that does not belong together (mix and match)
+            ├── BindingError         metadata that does not belong together (mix and match)
+            ├── MetadataFormatError  metadata that does not parse or lacks a required field
+            └── SealedDataError      a sealed file that does not open (wrong key, altered chunks)
 
 Library code raises these; only the CLI turns them into messages and exit codes. Foreign exceptions
-are translated at the boundary with ``raise OurError(...) from exc``.
+are translated at the boundary (``raise EngineError(...) from exc``). Every class is defined in this
+module; a few are re-exported by the modules that raise them, where they used to live.
 """
 
 from __future__ import annotations
@@ -185,4 +198,41 @@ class TelemetryError(FleetError):
 
 
 class BindingError(TrustError):
+    pass
+
+
+# Defined here, raised by the fleet, the agent and encryption at rest (re-exported where they were).
+class NotEnrolledError(UserInputError):
+    """The data directory holds no device credential and no enrolment token was given."""
+
+
+class HealthCheckError(FleetError):
+    """A candidate model that does not load, does not generate, or is too slow."""
+
+
+class SealedDataError(TrustError):
+    """A sealed file that does not open: wrong key, or altered, truncated or reordered chunks."""
+
+
+class UnknownDeviceError(UserInputError):
+    pass
+
+
+class MetadataFormatError(TrustError):
+    """Metadata that does not parse or lacks a required field."""
+
+
+class KeyFileError(UserInputError):
+    """A key file that is missing, unreadable or not an Ed25519 private key."""
+
+
+class PublishError(UserInputError):
+    """A publication the registry refuses (unsigned, stale version, missing blob, expired...)."""
+
+
+class DatabaseURLError(UserInputError):
+    """A database URL that is neither SQLite nor PostgreSQL, or malformed."""
+
+
+class KeyringError(UserInputError):
     pass

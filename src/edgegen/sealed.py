@@ -31,7 +31,7 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edgegen.errors import TrustError, UserInputError
+from edgegen.errors import SealedDataError, UserInputError
 
 __all__ = ["CHUNK", "DeviceKey", "RowCipher", "SealedDataError", "SealedWriter", "is_sealed", "open_plain",
            "plain_copy", "read_plain", "sha256_plain"]
@@ -41,10 +41,6 @@ PREFIX_BYTES = 7
 HEADER_BYTES = len(MAGIC) + PREFIX_BYTES
 CHUNK = 1 << 20
 TAG = 16
-
-
-class SealedDataError(TrustError):
-    """A sealed file that does not open: wrong key, or altered, truncated or reordered chunks."""
 
 
 class DeviceKey:

@@ -58,6 +58,7 @@ from edgegen.errors import (
     FleetError,
     FreezeError,
     HashMismatchError,
+    NotEnrolledError,
     OversizeError,
     TrustError,
     UserInputError,
@@ -69,10 +70,6 @@ log = logging.getLogger(__name__)
 
 MAX_HEALTH_ATTEMPTS = 3
 MAX_OUTBOX = 200
-
-
-class NotEnrolledError(UserInputError):
-    """The data directory holds no device credential and no enrolment token was given."""
 
 
 @dataclass

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgegen.durable import crashpoint
-from edgegen.errors import EdgegenError, FleetError
-
-
-class HealthCheckError(FleetError):
-    """A candidate model that does not load, does not generate, or is too slow."""
+from edgegen.errors import EdgegenError, HealthCheckError
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-from edgegen.errors import UserInputError
-
-
-class DatabaseURLError(UserInputError):
-    """A database URL that is neither SQLite nor PostgreSQL, or malformed."""
+from edgegen.errors import DatabaseURLError
 
 
 def utcnow() -> datetime:

@@ -17,16 +17,12 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from edgegen.errors import AuthError, UserInputError
+from edgegen.errors import AuthError, UnknownDeviceError
 from edgegen.fleet.auth import CREDENTIAL_SEP, digest, secret_matches
 from edgegen.fleet.db import Device, DeviceEvent, EnrollToken, EventKind, utcnow
 from edgegen.fleet.registry import current_root
 
 TOKEN_PREFIX = "egt_"
-
-
-class UnknownDeviceError(UserInputError):
-    pass
 
 
 def parse_token(token: str) -> tuple[str, str, str | None]:

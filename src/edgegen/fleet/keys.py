@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from edgegen.durable import atomic_write
-from edgegen.errors import UserInputError
+from edgegen.errors import KeyringError
 from edgegen.fleet.signing import (
     RootMeta,
     SigningKey,
@@ -33,11 +33,6 @@ from edgegen.fleet.signing import (
     sign,
     verify_root,
 )
-
-
-class KeyringError(UserInputError):
-    pass
-
 
 FRESHNESS_KEY_FILE = "freshness.key"
 

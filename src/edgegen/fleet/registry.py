@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgegen.durable import fsync_dir
-from edgegen.errors import FleetError, TrustError, UserInputError
+from edgegen.errors import FleetError, PublishError, TrustError, UserInputError
 from edgegen.fleet.db import Blob, Model, ModelVersion, RootVersion, utcnow
 from edgegen.fleet.signing import (
     Manifest,
@@ -37,10 +37,6 @@ from edgegen.fleet.signing import (
     require_threshold,
     verify_root,
 )
-
-
-class PublishError(UserInputError):
-    """A publication the registry refuses (unsigned, stale version, missing blob, expired...)."""
 
 
 class BlobStore:

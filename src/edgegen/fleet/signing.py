@@ -35,20 +35,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgegen.errors import SignatureError, TrustError, UserInputError
+from edgegen.errors import KeyFileError, MetadataFormatError, SignatureError
 
 SPEC_VERSION = "1"
 ROLES = ("root", "targets")
 OPTIONAL_ROLES = ("freshness",)
 MODEL, ADAPTER = "model", "adapter"  # Manifest.kind
-
-
-class MetadataFormatError(TrustError):
-    """Metadata that does not parse or lacks a required field."""
-
-
-class KeyFileError(UserInputError):
-    """A key file that is missing, unreadable or not an Ed25519 private key."""
 
 
 def canonical_json(obj: Any) -> bytes:
