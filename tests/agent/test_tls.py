@@ -4,17 +4,13 @@ issued at enrolment). Real uvicorn with TLS on 127.0.0.1:0; the attack tests are
 from __future__ import annotations
 
 import json
-import socket
 import ssl
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fleet_kit import ADMIN_TOKEN
+from fleet_kit import ADMIN_TOKEN, LiveServer
 
 from edgegen.agent.agent import Agent, AgentConfig
 from edgegen.agent.health import HealthPolicy
@@ -27,31 +23,6 @@ from edgegen.fleet.state import ControlPlaneConfig
 from edgegen.fleet.tls import FleetCA, admin_context
 
 
-class TlsServer:
-    """uvicorn with the fleet CA's server certificate (``mutual``: client certificates required)."""
-
-    def __init__(self, app, ca: FleetCA, mutual: bool) -> None:  # type: ignore[no-untyped-def]
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", **ca.server_ssl(mutual))
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> TlsServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "TLS control plane did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
 class TlsFleet:
     def __init__(self, root: Path, mutual: bool) -> None:
         self.root = root
@@ -59,7 +30,7 @@ class TlsFleet:
         self.ca = FleetCA.init(root / "keys")
         self.app = create_app(ControlPlaneConfig(data_dir=root / "plane", admin_token=ADMIN_TOKEN,
                                                  keys_dir=root / "keys", mutual_tls=mutual, rollout_interval_s=0))
-        self.server = TlsServer(self.app, self.ca, mutual)
+        self.server = LiveServer(self.app, ssl=self.ca.server_ssl(mutual))
         self.url = self.server.url
         self.admin = RolloutClient(self.url, ADMIN_TOKEN, verify=admin_context(root / "keys"))
 

@@ -49,13 +49,13 @@ def make_variant(src: Path, dst: Path, tag: str) -> Path:
 
 
 class LiveServer:
-    """uvicorn in a thread on a socket bound to 127.0.0.1:0."""
+    """uvicorn in a thread on a socket bound to 127.0.0.1:0; ``ssl``: uvicorn's TLS options (https)."""
 
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, ssl: dict | None = None) -> None:  # type: ignore[no-untyped-def]
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self.url = f"{'https' if ssl else 'http'}://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", **(ssl or {})))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
