@@ -10,26 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from edgegen.fleet.db import Device, make_engine, migrate, session_factory
 from edgegen.telemetry import store
 from edgegen.telemetry.events import Batch, Event, TelemetryKind, request_body
 from edgegen.telemetry.rollup import CounterRow, StreamRow, render_prometheus, rollup
 
 FLEET_II_TABLES = {"rollouts", "rollout_events", "rollout_policies", "telemetry_events", "telemetry_counters",
                    "telemetry_streams"}
-
-
-@pytest.fixture()
-def sessions(db_url: str):
-    engine = make_engine(db_url)
-    migrate(engine)
-    factory = session_factory(engine)
-    with factory() as s:
-        for i in range(3):
-            s.add(Device(id=f"dev{i}", credential_hash="0" * 64, model_name="smol"))
-        s.commit()
-    yield factory
-    engine.dispose()
 
 
 def req(seq: int, latency_s: float = 0.2, ok: bool = True, version: int = 1) -> Event:

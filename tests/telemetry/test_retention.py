@@ -5,26 +5,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from sqlalchemy import func, select, update
 
-from edgegen.fleet.db import Base, Device, make_engine, migrate, session_factory
+from edgegen.fleet.db import Base
 from edgegen.telemetry import store
 from edgegen.telemetry.events import Batch, Event, TelemetryKind, request_body
 from edgegen.telemetry.retention import RetentionPolicy, TelemetryRetention, prune
-
-
-@pytest.fixture()
-def sessions(db_url: str):
-    engine = make_engine(db_url)
-    migrate(engine)
-    factory = session_factory(engine)
-    with factory() as s:
-        for i in range(2):
-            s.add(Device(id=f"dev{i}", credential_hash="0" * 64, model_name="smol"))
-        s.commit()
-    yield factory
-    engine.dispose()
 
 
 def batch(first: int, n: int, stream: str = "s") -> Batch:
