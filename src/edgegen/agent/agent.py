@@ -18,6 +18,13 @@ each safe to repeat after a crash:
     switch    atomic replace of ``active.json`` (the commit point), then swap the served model
     report    queue the outcome in the journal's outbox; the outbox is delivered at least once
 
+Extra LoRA adapter streams (``AgentConfig.adapters``, multi-LoRA): the desired state also names a
+version for each; each stream has its own A/B slots (``<data>/adapters/<name>/``, through the same
+``Slots``) and walks the same steps, one update at a time, after the model's. An extra stream must
+be an adapter made for the installed base; the server serves every active adapter whose base is the
+active model's, each picked by model name ``<base>+<name>``, and a failed health check or a crash
+leaves that adapter's previous slot serving.
+
 Refusals (``TrustError``), failed health checks and credential refusals leave ``active.json`` and
 the active slot untouched and are reported to the control plane (or kept locally in
 ``status.json`` when the control plane refuses the device itself). On start, ``recover`` checks the
@@ -28,13 +35,15 @@ off exponentially with jitter (``edgegen.backoff``); the transport is TLS pinned
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import shutil
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +55,7 @@ from edgegen.agent.client import ControlPlaneClient
 from edgegen.agent.download import download
 from edgegen.agent.health import HealthCheckError, HealthPolicy, check_health
 from edgegen.agent.journal import Journal, atomic_write, crashpoint
-from edgegen.agent.serving import ModelServer, NullServer, slot_model_id
+from edgegen.agent.serving import Adapters, ModelServer, NullServer, slot_model_id
 from edgegen.agent.slots import ActiveRecord, Slots
 from edgegen.agent.steps import Event, Outcome, Step, next_step
 from edgegen.agent.tls import DeviceTls
@@ -55,6 +64,7 @@ from edgegen.backoff import backoff_delay
 from edgegen.delta import ENCODING as DELTA_ENCODING
 from edgegen.errors import (
     AuthError,
+    BindingError,
     FleetError,
     FreezeError,
     HashMismatchError,
@@ -87,6 +97,16 @@ class AgentConfig:
     # the device's at-rest key file (32 bytes, 0600, created if missing), kept OUTSIDE data_dir;
     # None: models and adapters are stored in the clear
     at_rest_key: Path | None = None
+    # extra LoRA adapter streams served beside the model on its base (multi-LoRA), by stream name
+    adapters: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.adapters:
+            if not STREAM_NAME.fullmatch(name):
+                raise UserInputError(f"adapter stream name {name!r}: use letters, digits, '.', '_' or '-'")
+
+
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def parse_pin(token: str) -> str | None:
@@ -105,6 +125,7 @@ class Agent:
         if self.key is not None and Path(config.at_rest_key).resolve().is_relative_to(self.dir.resolve()):  # type: ignore[arg-type]
             raise UserInputError("the at-rest key must live outside the data directory it protects")
         self.slots = Slots(self.dir, key=self.key)
+        self._streams: dict[str, Slots] = {}
         self.journal = Journal(self.dir / "journal.json")
         self.server = server or NullServer()
         self.transport = transport
@@ -194,8 +215,13 @@ class Agent:
         return state
 
     def _queue(self, state: dict[str, Any], kind: str, *, ok: bool = True, version: int | None = None,
-               reason: str | None = None, detail: dict[str, Any] | None = None) -> None:
+               reason: str | None = None, detail: dict[str, Any] | None = None, stream: str | None = None) -> None:
+        """An outcome for the control plane. For an extra adapter ``stream`` the version goes in the
+        detail (``adapter``, ``adapter_version``): the report's ``version`` is the model's."""
         act = self.slots.active()
+        if stream is not None:
+            detail = {**(detail or {}), "adapter": stream, "adapter_version": version}
+            version = None
         state["outbox"] = (state["outbox"] + [{
             "kind": kind, "ok": ok, "version": version, "reason": reason, "detail": detail or {},
             "active_version": act.version if act else None, "active_sha256": act.sha256 if act else None,
@@ -219,32 +245,84 @@ class Agent:
 
     # ---- recovery ------------------------------------------------------------------------------
 
+    def stream_slots(self, stream: str | None) -> Slots:
+        """The A/B slots of ``stream``: the model's (None), or an extra adapter stream's."""
+        if stream is None:
+            return self.slots
+        if stream not in self._streams:
+            self._streams[stream] = Slots(self.dir / "adapters" / stream, key=self.key)
+        return self._streams[stream]
+
+    def _check_active(self, state: dict[str, Any], stream: str | None) -> ActiveRecord | None:
+        """The stream's active slot, verified; else the other slot if it verifies. An extra adapter
+        with neither is dropped (the model keeps serving; the stream installs again)."""
+        slots = self.stream_slots(stream)
+        act = slots.active()
+        if act is None or slots.verify(act.slot) is not None:
+            return act
+        other = "b" if act.slot == "a" else "a"
+        m = slots.verify(other)
+        reason = ("" if stream is None else f"adapter {stream}: ") + f"active slot {act.slot} does not match its manifest"
+        if m is not None:
+            act = slots.switch(other, m)
+            reason += f"; fell back to slot {other} (v{m.version})"
+        elif stream is not None:
+            slots.pointer.unlink(missing_ok=True)
+            act = None
+            reason += "; not served until reinstalled"
+        self._queue(state, "recovered", ok=False, reason=reason, stream=stream)
+        return act
+
     def recover(self) -> ActiveRecord | None:
-        """After a (re)start: the active slot must verify; an interrupted update resumes or ends."""
+        """After a (re)start: the active slots must verify; an interrupted update resumes or ends."""
         state = self._state()
-        act = self.slots.active()
-        if act is not None and self.slots.verify(act.slot) is None:
-            other = "b" if act.slot == "a" else "a"
-            m = self.slots.verify(other)
-            reason = f"active slot {act.slot} does not match its manifest"
-            if m is not None:
-                act = self.slots.switch(other, m)
-                reason += f"; fell back to slot {other} (v{m.version})"
-            self._queue(state, "recovered", ok=False, reason=reason)
+        act = self._check_active(state, None)
+        for name in self.config.adapters:
+            self._check_active(state, name)
         upd = state["update"]
         if upd is not None:
-            if act is not None and upd["slot"] == act.slot and upd["version"] != act.version:
+            s_act = self.stream_slots(upd.get("stream")).active()
+            if s_act is not None and upd["slot"] == s_act.slot and upd["version"] != s_act.version:
                 state["update"] = None  # cannot happen by construction; never touch the active slot
-            elif act is not None and (act.name, act.version) == (upd["name"], upd["version"]):
+            elif s_act is not None and (s_act.name, s_act.version) == (upd["name"], upd["version"]):
                 upd["step"] = Step.REPORT  # the switch committed before the crash
-            self._queue(state, "recovered", version=upd["version"], detail={"step": upd["step"]})
+            self._queue(state, "recovered", version=upd["version"], detail={"step": upd["step"]},
+                        stream=upd.get("stream"))
         self.journal.save(state)
-        if act is not None:
-            with self.slots.open_runnable(act.slot) as (model, adapter):
-                self.server.start(model, adapter=adapter, model_id=slot_model_id(self.slots.dir(act.slot)))
-            self._note_server()
+        self._serve(swap=False)
         self._recovered = True
         return act
+
+    @contextlib.contextmanager
+    def _runnable(self) -> Iterator[tuple[Path, Path | None, str, Adapters] | None]:
+        """What the server loads: the active model (+ its adapter), and every extra adapter stream's
+        active adapter made for that base (one made for another base waits for its next version)."""
+        act = self.slots.active()
+        if act is None:
+            yield None
+            return
+        base = self.slots.base_of(act.slot)
+        with contextlib.ExitStack() as stack:
+            model, adapter = stack.enter_context(self.slots.open_runnable(act.slot))
+            extra: Adapters = {}
+            for name in self.config.adapters:
+                slots = self.stream_slots(name)
+                a = slots.active()
+                m = slots.slot_manifest(a.slot) if a is not None else None
+                if a is None or m is None or not m.is_adapter or base is None or m.base_sha256 != base[0]:
+                    continue
+                extra[name] = (stack.enter_context(slots.open_plain(slots.adapter_path(a.slot))), f"v{m.version}")
+            yield model, adapter, slot_model_id(self.slots.dir(act.slot)), extra
+
+    def _serve(self, *, swap: bool) -> None:
+        """Start (or hot-swap) the server on what is active now."""
+        with self._runnable() as run:
+            if run is None:
+                return
+            model, adapter, model_id, extra = run
+            (self.server.swap if swap else self.server.start)(model, adapter=adapter, model_id=model_id,
+                                                              adapters=extra)
+        self._note_server()
 
     # ---- one poll ------------------------------------------------------------------------------
 
@@ -261,16 +339,16 @@ class Agent:
                 self._status(outcome=outcome, reason=f"{type(exc).__name__}: {exc}")
                 self.flush_reports()
                 return outcome
-            desired = self.client().desired()
+            desired = self.client().desired(self.config.adapters)
             try:
-                model, version = self.check_desired(desired)
+                model, version, adapters = self.check_desired(desired)
             except TrustError as exc:  # stale (freeze), replayed or foreign answer: stay, and say so
                 outcome = self._refused(self._state(), desired.get("version"), exc)
                 self._status(outcome=outcome, reason=f"{type(exc).__name__}: {exc}")
                 self.flush_reports()
                 return outcome
-            outcome = self.update_towards(model, version)
-            self._status(outcome=outcome, desired=version)
+            outcome = self.update_all(model, version, adapters)
+            self._status(outcome=outcome, desired=version, **({"adapters": adapters} if adapters else {}))
         except AuthError as exc:
             log.warning("control plane refused this device: %s", exc)
             self._status(outcome=Outcome.AUTH_REFUSED, reason=str(exc))
@@ -294,11 +372,13 @@ class Agent:
             trust.update_root(data)
             atomic_write(self.root_path, trust.root_bytes, label="root")
 
-    def check_desired(self, desired: dict[str, Any]) -> tuple[str | None, int | None]:
-        """(model, version) to move to: from the signed statement when the root delegates freshness."""
+    def check_desired(self, desired: dict[str, Any]) -> tuple[str | None, int | None, dict[str, int | None]]:
+        """(model, version, {adapter stream: version}) to move to: from the signed statement when the
+        root delegates freshness; a stream the answer does not name gets no version."""
         trust = self.trust()
         if not trust.requires_freshness:
-            return desired.get("model"), desired.get("version")
+            hint = desired.get("adapters") if isinstance(desired.get("adapters"), dict) else {}
+            return desired.get("model"), desired.get("version"), self._streams_of(hint)
         stmt = desired.get("statement")
         if not isinstance(stmt, dict):
             raise FreezeError("the control plane sent no signed desired state; the trusted root requires one")
@@ -309,7 +389,28 @@ class Agent:
         if newest != format_time(ds.issued):
             state["desired_issued"] = format_time(ds.issued)
             self.journal.save(state)
-        return ds.model, ds.version
+        return ds.model, ds.version, self._streams_of(ds.adapters)
+
+    def _streams_of(self, answer: dict[str, Any]) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for name in self.config.adapters:
+            v = answer.get(name)
+            out[name] = v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else None
+        return out
+
+    def update_all(self, name: str | None, version: int | None, adapters: dict[str, int | None]) -> Outcome:
+        """The model first, then each extra adapter stream, one update at a time (an interrupted one
+        first, whichever stream it is for). Returns the first outcome that is not current or idle."""
+        streams: list[tuple[str | None, str | None, int | None]] = [(None, name, version)]
+        streams += [(n, n, adapters.get(n)) for n in self.config.adapters]
+        pending = self._state()["update"]
+        if pending is not None:
+            streams.sort(key=lambda s: s[0] != pending.get("stream"))
+        outcomes = [self.update_towards(n, v, stream=stream) for stream, n, v in streams]
+        busy = [o for o in outcomes if o not in (Outcome.CURRENT, Outcome.IDLE)]
+        if busy:
+            return busy[0]
+        return Outcome.CURRENT if Outcome.CURRENT in outcomes else Outcome.IDLE
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context for the recorded control plane (telemetry uploads share it)."""
@@ -319,11 +420,13 @@ class Agent:
     def _enrolled_id(self) -> str:
         return str(json.loads(self.credential_path.read_bytes())["device_id"])
 
-    def update_towards(self, name: str | None, version: int | None) -> Outcome:
+    def update_towards(self, name: str | None, version: int | None, *, stream: str | None = None) -> Outcome:
+        """Carry ``stream`` (None: the model; else an extra adapter stream) towards ``name`` v``version``."""
         state = self._state()
-        act = self.slots.active()
+        act = self.stream_slots(stream).active()
         upd = state["update"]
-        if upd is not None and (upd["name"], upd["version"]) != (name, version) and upd["step"] != Step.REPORT:
+        if (upd is not None and (upd.get("stream"), upd["name"], upd["version"]) != (stream, name, version)
+                and upd["step"] != Step.REPORT):
             state["update"] = upd = None  # the desired version moved on: abandon the old attempt
             self._clean_downloads(keep=None)
             self.journal.save(state)
@@ -335,30 +438,35 @@ class Agent:
             if str(version) in state["failed"].get(name, {}):
                 return Outcome.FAILED_BEFORE
             try:
-                upd = self._start(state, name, version, act)
+                upd = self._start(state, name, version, act, stream)
             except TrustError as exc:
-                return self._refused(state, version, exc)
+                return self._refused(state, version, exc, stream=stream)
         try:
             return self._advance(state, upd)
         except TrustError as exc:
-            return self._refused(state, upd["version"], exc)
+            return self._refused(state, upd["version"], exc, stream=upd.get("stream"))
 
-    def _start(self, state: dict[str, Any], name: str, version: int, act: ActiveRecord | None) -> dict[str, Any]:
+    def _start(self, state: dict[str, Any], name: str, version: int, act: ActiveRecord | None,
+               stream: str | None = None) -> dict[str, Any]:
         data = self.client().manifest(name, version)
         manifest = self.trust().verify_manifest(
             data, name=name, now=self.clock(), active_version=act.version if act and act.name == name else None,
             expected_version=version, min_version=state["high_water"].get(name))
-        base = self.slots.base_of(act.slot) if act is not None else None
+        if stream is not None and not manifest.is_adapter:
+            raise BindingError(f"{name} v{version} is a model, not a LoRA adapter: only adapters are served "
+                               "beside the model")
+        main = self.slots.active()  # the base an adapter (of any stream) goes onto
+        base = self.slots.base_of(main.slot) if main is not None else None
         check_adapter_base(manifest, base[0] if base else None)
         enc = self.config.encoding if self.config.encoding in manifest.transfers else None
         delta = self._delta_offer(state, manifest, act)
-        upd = {"name": name, "version": version, "slot": self.slots.inactive(),
+        upd = {"stream": stream, "name": name, "version": version, "slot": self.stream_slots(stream).inactive(),
                "encoding": DELTA_ENCODING if delta else enc, "delta": delta,
-               "base_slot": act.slot if manifest.is_adapter and act is not None else None,
+               "base_slot": main.slot if manifest.is_adapter and main is not None else None,
                "envelope": data.decode(), "step": Step.DOWNLOAD, "health_attempts": 0}
         state["update"] = upd
-        state.pop("last_refusal", None)
-        self._queue(state, "downloading", version=version,
+        state.get("last_refusals", {}).pop(stream or "", None)
+        self._queue(state, "downloading", version=version, stream=stream,
                     detail={"encoding": upd["encoding"], "size": manifest.size,
                             "transfer_bytes": self._transfer(upd, manifest)[0]})
         self.journal.save(state)
@@ -387,10 +495,11 @@ class Agent:
         d = upd.get("delta")
         if not d:
             return None
-        active = self.slots.slot_manifest(d["base_slot"])
+        slots = self.stream_slots(upd.get("stream"))
+        active = slots.slot_manifest(d["base_slot"])
         if active is None or active.sha256 != d["base_sha256"]:
             raise HashMismatchError("the delta's base is no longer installed")
-        return self.slots.artifact_path(d["base_slot"], active)
+        return slots.artifact_path(d["base_slot"], active)
 
     def _adapter_base(self, upd: dict[str, Any], manifest: Manifest) -> dict[str, Any]:
         """For an adapter: the installed base model (re-checked against the manifest) and its manifest."""
@@ -406,20 +515,23 @@ class Agent:
         d = upd.get("delta")
         return (int(d["size"]), str(d["sha256"])) if d else download_budget(manifest, upd["encoding"])
 
-    def _refused(self, state: dict[str, Any], version: int | None, exc: TrustError) -> Outcome:
+    def _refused(self, state: dict[str, Any], version: int | None, exc: TrustError, *,
+                 stream: str | None = None) -> Outcome:
         reason = f"{type(exc).__name__}: {exc}"
-        log.warning("update to v%s refused: %s", version, reason)
+        log.warning("update of %s to v%s refused: %s", stream or "the model", version, reason)
         state = self._state()  # the step may have saved progress; start from the journal again
         state["update"] = None
         self._clean_downloads(keep=None)
-        if state.get("last_refusal") != [version, reason]:
-            state["last_refusal"] = [version, reason]
-            self._queue(state, "update_refused", ok=False, version=version, reason=reason)
+        refusals = state.setdefault("last_refusals", {})
+        if refusals.get(stream or "") != [version, reason]:
+            refusals[stream or ""] = [version, reason]
+            self._queue(state, "update_refused", ok=False, version=version, reason=reason, stream=stream)
         self.journal.save(state)
         return Outcome.REFUSED
 
     def _advance(self, state: dict[str, Any], upd: dict[str, Any]) -> Outcome:
         manifest = Manifest.from_signed(load_envelope(upd["envelope"].encode(), "manifest")["signed"])
+        slots = self.stream_slots(upd.get("stream"))
         while True:
             step = Step(upd["step"])
             t0 = time.perf_counter()
@@ -434,7 +546,7 @@ class Agent:
                     upd["step"] = next_step(step, Event.INPUT_MISSING)
                     continue
                 try:
-                    self.slots.install(upd["slot"], self._part(sha), upd["encoding"], manifest,
+                    slots.install(upd["slot"], self._part(sha), upd["encoding"], manifest,
                                        upd["envelope"].encode(), delta_base=self._delta_base(upd),
                                        **self._adapter_base(upd, manifest))
                 except (HashMismatchError, OversizeError):
@@ -444,7 +556,7 @@ class Agent:
                     raise
                 upd["step"] = next_step(step, Event.DONE)
             elif step is Step.HEALTH:
-                if self.slots.verify(upd["slot"]) != manifest:
+                if slots.verify(upd["slot"]) != manifest:
                     upd["step"] = next_step(step, Event.INPUT_MISSING)
                     continue
                 upd["health_attempts"] += 1
@@ -452,22 +564,20 @@ class Agent:
                 try:
                     if upd["health_attempts"] > MAX_HEALTH_ATTEMPTS:
                         raise HealthCheckError(f"the agent died during {MAX_HEALTH_ATTEMPTS} health checks")
-                    with self.slots.open_runnable(upd["slot"]) as (model, adapter):
+                    with slots.open_runnable(upd["slot"]) as (model, adapter):
                         report = check_health(model, self.config.health, adapter=adapter)
                 except HealthCheckError as exc:
                     return self._health_failed(state, upd, exc)
                 upd["health"] = report.as_dict()
                 upd["step"] = next_step(step, Event.DONE)
             elif step is Step.SWITCH:
-                act = self.slots.switch(upd["slot"], manifest)
-                with self.slots.open_runnable(act.slot) as (model, adapter):
-                    self.server.swap(model, adapter=adapter, model_id=slot_model_id(self.slots.dir(act.slot)))
-                self._note_server()
+                slots.switch(upd["slot"], manifest)
+                self._serve(swap=True)  # the new model or adapter serves; in-flight requests finish
                 hw = state["high_water"]
                 hw[manifest.name] = max(hw.get(manifest.name, 0), manifest.version)
                 upd["step"] = next_step(step, Event.DONE)
             else:  # Step.REPORT
-                self._queue(state, "switched", version=manifest.version,
+                self._queue(state, "switched", version=manifest.version, stream=upd.get("stream"),
                             detail={"health": upd.get("health"), "timings_s": upd.get("timings", {}),
                                     "encoding": upd["encoding"], "transfer_bytes": self._transfer(upd, manifest)[0]})
                 state["update"] = None
@@ -483,7 +593,7 @@ class Agent:
         reason = f"{type(exc).__name__}: {exc}"
         state["failed"].setdefault(upd["name"], {})[str(upd["version"])] = reason
         state["update"] = None
-        self._queue(state, "health_failed", ok=False, version=upd["version"], reason=reason)
+        self._queue(state, "health_failed", ok=False, version=upd["version"], reason=reason, stream=upd.get("stream"))
         self.journal.save(state)
         return Outcome.HEALTH_FAILED
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import ssl
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -88,8 +89,10 @@ class ControlPlaneClient:
             body["csr"] = csr.decode()
         return self._json("POST", "/v1/enroll", "enrolment", json=body)
 
-    def desired(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/device/desired", "desired state")
+    def desired(self, adapters: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The desired state; ``adapters``: extra LoRA adapter streams to ask about (multi-LoRA)."""
+        query = f"?adapters={quote(','.join(adapters))}" if adapters else ""
+        return self._json("GET", f"/v1/device/desired{query}", "desired state")
 
     def root(self, version: int) -> bytes | None:
         return self.get_capped(f"/v1/root/{version}.json", f"root v{version}", missing_ok=True)

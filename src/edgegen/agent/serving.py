@@ -1,10 +1,14 @@
 """The one seam between the agent and the Edge server that serves the active slot.
 
-    ModelServer (protocol)   start(path) / swap(path) / stop() / url
+    ModelServer (protocol)   start(path, adapter=, adapters=) / swap(...) / stop() / url
     NullServer               serves nothing (``--no-serve``, the crash harness)
     EdgeServer               the OpenAI-compatible Edge server (``edgegen.serve``) in a background
-                             uvicorn thread; ``swap`` hands it a new model file and returns once new
-                             requests go to the new model, without dropping in-flight ones
+                             uvicorn thread; ``swap`` hands it a new model file (or new adapters)
+                             and returns once new requests go to it, without dropping in-flight ones
+
+``adapters``: the extra LoRA adapters served beside the model, ``{name: (file, version label)}``,
+all loaded on the one base (multi-LoRA): a request picks one by model name ``<base>+<name>`` or
+``<base>+<name>@v<n>`` (``serve/adapters.py``); a request that names none gets the model itself.
 
 ``EdgeServer`` uses the Edge server's own app factory and engine swap (``replace_engine``): the new
 engine is loaded while the old one serves, requests admitted after the swap go to the new one and
@@ -23,13 +27,17 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
+Adapters = dict[str, tuple[Path, str]]  # extra LoRA adapters: name -> (file, version label such as "v2")
+
 
 class ModelServer(Protocol):
     url: str | None
 
-    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None: ...
+    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None,
+              adapters: Adapters | None = None) -> None: ...
 
-    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None: ...
+    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None,
+             adapters: Adapters | None = None) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -40,15 +48,20 @@ class NullServer:
     def __init__(self) -> None:
         self.model_path: Path | None = None
         self.adapter: Path | None = None
+        self.adapters: dict[str, str] = {}  # name -> version label of the extra adapters it would serve
 
-    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
+    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None,
+              adapters: Adapters | None = None) -> None:
         self.model_path, self.adapter = model_path, adapter
+        self.adapters = {name: label for name, (_, label) in (adapters or {}).items()}
 
-    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
-        self.model_path, self.adapter = model_path, adapter
+    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None,
+             adapters: Adapters | None = None) -> None:
+        self.start(model_path, adapter=adapter, model_id=model_id, adapters=adapters)
 
     def stop(self) -> None:
         self.model_path = self.adapter = None
+        self.adapters = {}
 
 
 class _Observe:
@@ -132,19 +145,38 @@ class EdgeServer:
         self._runner: Any = None
         self._app: Any = None
 
-    def _engine(self, model_path: Path, adapter: Path | None) -> Any:
+    def _engine(self, model_path: Path, adapter: Path | None, model_id: str, adapters: Adapters | None) -> Any:
+        """The base, with the model's own adapter (the default: its name and version from ``model_id``,
+        ``<base>@v1+<name>@v2``) and the extra ``adapters`` loaded on it, sharing its weights."""
+        from edgegen.errors import EngineError
         from edgegen.runtime.base import open_engine
 
-        return open_engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                           **({"lora_path": adapter} if adapter is not None else {}))
+        engine = open_engine(model_path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        try:
+            loras = getattr(engine, "adapters", None)
+            if (adapter is not None or adapters) and loras is None:
+                raise EngineError(f"{type(engine).__name__} cannot apply LoRA adapters")
+            if adapter is not None:
+                name, _, version = (model_id.split("+", 1)[1] if "+" in model_id else "default").partition("@")
+                loras.load(name, adapter, version=version or None)
+                loras.default = name
+                loras.select(name)
+            for name, (path, version) in sorted((adapters or {}).items()):
+                loras.load(name, path, version=version)
+        except BaseException:
+            engine.close()
+            raise
+        return engine
 
-    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
+    def start(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None,
+              adapters: Adapters | None = None) -> None:
         """``model_id``: the name answers carry (default: from the manifest beside ``model_path``)."""
         from edgegen.serve import BackgroundServer, ServerConfig, create_app
 
-        engine = self._engine(model_path, adapter)  # a model that does not load fails here, before binding
         config = self.config or ServerConfig()
         config.model_id = model_id or slot_model_id(Path(model_path).parent)
+        # a model or adapter that does not load fails here, before binding
+        engine = self._engine(model_path, adapter, config.model_id, adapters)
         if self.observers:  # Fleet II: token log-probabilities feed the drift/quality signals
             import dataclasses
 
@@ -161,14 +193,17 @@ class EdgeServer:
         self.url = self._runner.url
         log.info("edge server on %s serving %s", self.url, config.model_id)
 
-    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None) -> None:
-        """Load the new model (or base + new adapter) beside the old one, then switch: requests
-        admitted from now on use it, in-flight ones finish on the old one, which is closed afterwards."""
+    def swap(self, model_path: Path, *, adapter: Path | None = None, model_id: str | None = None,
+             adapters: Adapters | None = None) -> None:
+        """Load the new model (or base + new adapters) beside the old one, then switch: requests
+        admitted from now on use it, in-flight ones finish on the old one, which is closed afterwards
+        (for that while both are in memory; the base's weights are memory-mapped, shared by both)."""
         if self._runner is None:
-            self.start(model_path, adapter=adapter, model_id=model_id)
+            self.start(model_path, adapter=adapter, model_id=model_id, adapters=adapters)
             return
-        engine = self._engine(model_path, adapter)
-        self._app.state.server.replace_engine(engine, model_id=model_id or slot_model_id(Path(model_path).parent))
+        model_id = model_id or slot_model_id(Path(model_path).parent)
+        engine = self._engine(model_path, adapter, model_id, adapters)
+        self._app.state.server.replace_engine(engine, model_id=model_id)
 
     def stop(self) -> None:
         if self._runner is not None:

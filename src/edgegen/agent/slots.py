@@ -105,17 +105,23 @@ class Slots:
         return Path(path).read_bytes()
 
     @contextlib.contextmanager
+    def open_plain(self, path: Path) -> Iterator[Path]:
+        """A path llama.cpp can load: ``path`` itself, or a memory-file copy of a sealed file (closed after)."""
+        if not is_sealed(path):
+            yield path
+            return
+        if self.key is None:
+            raise SealedDataError(f"{path} is sealed and this agent has no device key")
+        with plain_copy(path, self.key, path.name) as copy:
+            yield copy.path
+
+    @contextlib.contextmanager
     def open_runnable(self, slot: str) -> Iterator[tuple[Path, Path | None]]:
         """(model, adapter or None) for llama.cpp; sealed files as memory-file copies, closed after."""
+        model, adapter = self.runnable(slot)
         with contextlib.ExitStack() as stack:
-            out = []
-            for path in self.runnable(slot):
-                if path is not None and is_sealed(path):
-                    if self.key is None:
-                        raise SealedDataError(f"{path} is sealed and this agent has no device key")
-                    path = stack.enter_context(plain_copy(path, self.key, path.name)).path
-                out.append(path)
-            yield out[0], out[1]
+            yield (stack.enter_context(self.open_plain(model)),
+                   None if adapter is None else stack.enter_context(self.open_plain(adapter)))
 
     def dir(self, slot: str) -> Path:
         if slot not in SLOT_NAMES:

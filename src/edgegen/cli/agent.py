@@ -48,6 +48,9 @@ def run_cmd(
                               "installed models, adapters and the telemetry spool (default: no sealing)")] = None,
     name: Annotated[str, typer.Option("--name", help="device name shown to the admin (default: none)")] = "",
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE, repeatable")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", help="an extra LoRA adapter stream to install and serve on the model's base, picked by "
+                          "model name BASE+NAME (multi-LoRA); repeatable (default: none)")] = None,
     poll_interval: Annotated[float | None, typer.Option(
         "--poll-interval", help="seconds between polls (default: EDGEGEN_FLEET__POLL_INTERVAL_S)")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="run the Edge server on the active slot")] = True,
@@ -92,7 +95,7 @@ def run_cmd(
         poll_interval_s=poll_interval if poll_interval is not None else fleet.poll_interval_s,
         limits=TrustLimits(max_artifact_bytes=fleet.max_download_bytes),
         health=HealthPolicy(max_latency_s=max_latency or getattr(fleet, "health_max_latency_s", 60.0)),
-        at_rest_key=at_rest_key,
+        at_rest_key=at_rest_key, adapters=tuple(adapter or ()),
     )
     edge = (EdgeServer(host or settings.serve.host, settings.serve.port if port is None else port,
                        n_ctx=settings.engine.n_ctx, n_threads=threads or settings.engine.n_threads)

@@ -27,7 +27,7 @@ from edgegen.fleet.deltas import DeltaService
 from edgegen.fleet.keys import FRESHNESS_KEY_FILE
 from edgegen.fleet.registry import BlobStore
 from edgegen.fleet.rollout_ctl import ControllerThread, RolloutController
-from edgegen.fleet.rollout_db import rollout_resolver
+from edgegen.fleet.rollout_db import adapter_resolver, rollout_resolver
 from edgegen.fleet.routes import admin, dashboard, device, enroll, rollouts, system, telemetry
 from edgegen.fleet.signing import SigningKey
 from edgegen.fleet.state import ControlPlane, ControlPlaneConfig, read_or_create_secret
@@ -62,6 +62,7 @@ def open_control_plane(config: ControlPlaneConfig) -> ControlPlane:
         admin_token_digest=digest(token),
         blobs_dir=config.data_dir / "blobs",
         desired_resolver=rollout_resolver,
+        adapter_resolver=adapter_resolver,
         rollouts=RolloutController(sessions),
         freshness_key=_freshness_key(config),
         deltas=DeltaService(BlobStore(config.data_dir / "blobs"), level=config.delta_level),

@@ -8,6 +8,9 @@
     select_devices(session, model, selector)   a group: ``all``, ``key=value`` (a label) or a group name
     create_rollout(session, spec, now)         validate and snapshot the group -> ``Rollout``
     rollout_resolver(session, device)          Fleet I's ``DesiredResolver`` seam, rollout-aware
+    adapter_resolver(session, device, name)    the version of an extra LoRA adapter stream a device
+                                               serves beside its model (multi-LoRA): the released
+                                               (staged) or newest free version of that stream
     stage_health(session, rollout)             per-device ``DeviceHealth`` of the current stage
     to_domain / save                           row <-> the pure ``fleet.rollout.Rollout``
 
@@ -206,6 +209,16 @@ def release_now(session: Session, model: str, version: int) -> RolloutPolicy:
 def rollout_resolver(session: Session, device: Device) -> ModelVersion | None:
     number = desired_number(session, device)
     return get_version(session, device.model_name, number) if number is not None and device.model_name else None
+
+
+def adapter_resolver(session: Session, device: Device, name: str) -> ModelVersion | None:
+    """The version of adapter stream ``name`` that ``device`` should serve beside its model. Rollouts
+    select devices by the model they follow, so a device serving ``name`` as an extra adapter is in
+    none of ``name``'s rollouts: it follows the version they release (staged) or the newest free one."""
+    pol = session.get(RolloutPolicy, name)
+    number = desired_version(device.id, None, rollouts_of(session, name), published_versions(session, name),
+                             staged=pol.staged if pol else True, released=pol.released_version if pol else None)
+    return get_version(session, name, number) if number is not None else None
 
 
 # ---- creation ----------------------------------------------------------------------------------

@@ -347,7 +347,8 @@ class Manifest:
 @dataclass(frozen=True)
 class DesiredState:
     """What one device should run now: ``(model, version)`` (``version`` None: nothing), valid from
-    ``issued`` until ``expires`` (minutes later). Signed by the ``freshness`` role; a device refuses
+    ``issued`` until ``expires`` (minutes later); ``adapters``: for the extra LoRA adapter streams the
+    device asked about, ``{name: version or None}`` (absent from statements that answer none). Signed by the ``freshness`` role; a device refuses
     a statement for another device, one older than the newest it saw, and one past ``expires`` (a
     replayed "stay where you are" answer is a freeze attack, python-tuf's ``test_freeze_attack``)."""
 
@@ -356,18 +357,25 @@ class DesiredState:
     version: int | None
     issued: datetime
     expires: datetime
+    adapters: dict[str, int | None] = field(default_factory=dict)
 
     @classmethod
     def from_signed(cls, d: dict[str, Any]) -> DesiredState:
         model, version = d.get("model"), d.get("version")
+        adapters = d.get("adapters", {})
+        if not isinstance(adapters, dict) or not all(
+                isinstance(k, str) and (v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1))
+                for k, v in adapters.items()):
+            raise MetadataFormatError("desired state: adapters must map names to integers >= 1 or null")
         if model is not None and not isinstance(model, str):
             raise MetadataFormatError("desired state: model must be a string or null")
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise MetadataFormatError("desired state: version must be an integer >= 1 or null")
         return cls(device=_field(d, "device", str, "desired state"), model=model, version=version,
                    issued=parse_time(_field(d, "issued", str, "desired state")),
-                   expires=parse_time(_field(d, "expires", str, "desired state")))
+                   expires=parse_time(_field(d, "expires", str, "desired state")), adapters=dict(adapters))
 
     def to_signed(self) -> dict[str, Any]:
         return {"_type": "desired", "spec_version": SPEC_VERSION, "device": self.device, "model": self.model,
-                "version": self.version, "issued": format_time(self.issued), "expires": format_time(self.expires)}
+                "version": self.version, "issued": format_time(self.issued), "expires": format_time(self.expires),
+                **({"adapters": dict(sorted(self.adapters.items()))} if self.adapters else {})}

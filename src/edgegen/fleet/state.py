@@ -6,6 +6,8 @@
     DesiredResolver      ``(session, device) -> ModelVersion | None``: which version a device should
                          run. ``latest_version`` follows the newest published version of the device's
                          model; the control plane runs ``rollout_db.rollout_resolver`` (rollouts).
+    AdapterResolver      ``(session, device, name) -> ModelVersion | None``: the version of an extra
+                         adapter stream the device serves beside its model (``rollout_db.adapter_resolver``)
 
 This module opens no sockets and starts no threads.
 """
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from edgegen.fleet.tls import FleetCA
 
 DesiredResolver = Callable[[Session, Device], "ModelVersion | None"]
+AdapterResolver = Callable[[Session, Device, str], "ModelVersion | None"]  # (session, device, adapter stream)
 
 
 def latest_version(session: Session, device: Device) -> ModelVersion | None:
@@ -107,6 +110,7 @@ class ControlPlane:
     blobs_dir: Path
     desired_resolver: DesiredResolver
     rollouts: RolloutController
+    adapter_resolver: AdapterResolver | None = None  # None: devices get no extra adapter streams
     freshness_key: SigningKey | None = None  # signs desired-state statements (None: unsigned hints)
     ca: FleetCA | None = None  # the fleet CA (TLS): enrolment bundles and device certificates
     deltas: DeltaService | None = None  # binary deltas between versions (set by open_control_plane)

@@ -170,6 +170,7 @@ class Engine:
         if lora_path is not None:
             try:
                 self.adapters.load("default", Path(lora_path))
+                self.adapters.default = "default"
                 self.adapters.select("default")
             except EngineError:
                 self.close()

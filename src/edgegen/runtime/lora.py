@@ -1,9 +1,13 @@
 """LoRA adapters applied at run time to a loaded llama.cpp model, several sharing one base.
 
     LoraAdapters(llm)           the adapters loaded on one ``llama_cpp.Llama`` (its model and context)
-        .load(name, path, scale)   ``llama_adapter_lora_init`` once per adapter file: the base weights
-                                   are untouched and stay memory-mapped; an adapter costs its own
-                                   size (a few MB) in RAM
+        .load(name, path, scale, version=)   ``llama_adapter_lora_init`` once per adapter file: the
+                                   base weights are untouched and stay memory-mapped; an adapter
+                                   costs its own size (a few MB) in RAM; ``version`` (e.g. ``"v2"``)
+                                   lets a request name it exactly as ``name@v2``
+        .default                   the adapter a request that names none runs with (None: the bare
+                                   base); ``Llama(lora_path=...)``'s adapter when loaded that way
+        .resolve(requested)        ``name`` or ``name@<version>`` -> the loaded name, else None
         .select(name | None)       ``llama_set_adapters_lora`` on the context: which adapter the next
                                    generation uses (None: the bare base). Switching also drops the
                                    cached prompt prefix, whose KV entries were computed with the old
@@ -35,19 +39,35 @@ class LoraAdapters:
         self._lib = llama_cpp
         self._llm = llm
         self._adapters: dict[str, tuple[Any, float]] = {}
+        self._versions: dict[str, str] = {}
         self.active: str | None = None
+        self.default: str | None = None
 
     @property
     def names(self) -> list[str]:
         return sorted(self._adapters)
 
-    def load(self, name: str, path: Path, scale: float = 1.0) -> None:
+    def load(self, name: str, path: Path, scale: float = 1.0, *, version: str | None = None) -> None:
         if name in self._adapters:
             raise EngineError(f"an adapter named {name!r} is already loaded")
         ptr = self._lib.llama_adapter_lora_init(self._llm._model.model, str(path).encode("utf-8"))
         if not ptr:
             raise EngineError(f"llama.cpp refused the LoRA adapter {path} (not an adapter for this base model?)")
         self._adapters[name] = (ptr, float(scale))
+        if version is not None:
+            self._versions[name] = version
+
+    def labels(self) -> list[str]:
+        """Every loaded adapter but the default, as a request names it: ``name@<version>`` or ``name``."""
+        return [f"{n}@{self._versions[n]}" if n in self._versions else n for n in self.names if n != self.default]
+
+    def resolve(self, requested: str) -> str | None:
+        """The loaded adapter a request names: ``name``, or ``name@<version>`` when that version is the
+        one loaded (a request for another version is not silently served by this one)."""
+        if requested in self._adapters:
+            return requested
+        name, at, version = requested.partition("@")
+        return name if at and name in self._adapters and self._versions.get(name) == version else None
 
     def select(self, name: str | None) -> None:
         if name == self.active:
@@ -74,4 +94,5 @@ class LoraAdapters:
         for ptr, _ in self._adapters.values():
             self._lib.llama_adapter_lora_free(ptr)
         self._adapters.clear()
-        self.active = None
+        self._versions.clear()
+        self.active = self.default = None

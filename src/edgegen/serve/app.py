@@ -156,7 +156,11 @@ def create_app(model: str | Path | Callable[[], Engine] | None, config: ServerCo
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelCard(id=config.model_id, created=int(server.loaded_at))])
+        ids = [config.model_id]
+        adapters = getattr(server.slot.engine, "adapters", None)
+        if adapters is not None:  # multi-LoRA: one entry per adapter a request can pick, "base+adapter"
+            ids += [f"{config.model_id.split('+')[0]}+{label}" for label in adapters.labels()]
+        return ModelList(data=[ModelCard(id=i, created=int(server.loaded_at)) for i in ids])
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
               responses={**_ERRORS, 200: {"content": _SSE}})

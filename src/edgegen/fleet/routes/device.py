@@ -1,8 +1,9 @@
 """Device-facing API (every route needs a device credential, see ``auth.DeviceDep``).
 
     GET  /v1/device/me                          the device's own record
-    GET  /v1/device/desired                     which model version it should run, with the same
-                                                answer as a ``desired`` statement signed by the
+    GET  /v1/device/desired?adapters=a,b        which model version it should run (and which version
+                                                of each extra LoRA adapter stream named), with the
+                                                same answer as a ``desired`` statement signed by the
                                                 freshness key and valid ``desired_ttl_s`` seconds
                                                 (the agent refuses an expired one: freeze)
     GET  /v1/device/manifests/{name}/{version}  the signed manifest, byte for byte as published
@@ -45,8 +46,18 @@ def me(device: DeviceDep) -> dict[str, Any]:
     return device_view(device)
 
 
+MAX_ADAPTER_STREAMS = 32
+
+
 @router.get("/desired")
-def desired(device: DeviceDep, session: SessionDep, plane: PlaneDep) -> dict[str, Any]:
+def desired(device: DeviceDep, session: SessionDep, plane: PlaneDep, adapters: str = "") -> dict[str, Any]:
+    names = sorted({n.strip() for n in adapters.split(",") if n.strip()})
+    if len(names) > MAX_ADAPTER_STREAMS:
+        raise HTTPException(400, f"at most {MAX_ADAPTER_STREAMS} adapter streams per device")
+    streams: dict[str, int | None] = {}
+    for name in names:
+        row = plane.adapter_resolver(session, device, name) if plane.adapter_resolver is not None else None
+        streams[name] = row.version if row is not None else None
     version = plane.desired_resolver(session, device)
     root = current_root(session)
     out: dict[str, Any] = {
@@ -55,10 +66,12 @@ def desired(device: DeviceDep, session: SessionDep, plane: PlaneDep) -> dict[str
         "manifest_url": (f"/v1/device/manifests/{device.model_name}/{version.version}" if version else None),
         "root_version": root[0].version if root else None,
     }
+    if names:
+        out["adapters"] = streams
     if plane.freshness_key is not None:
         now = datetime.now(timezone.utc)
         statement = DesiredState(device=device.id, model=out["model"], version=out["version"], issued=now,
-                                 expires=now + timedelta(seconds=plane.config.desired_ttl_s))
+                                 expires=now + timedelta(seconds=plane.config.desired_ttl_s), adapters=streams)
         out["statement"] = sign(statement.to_signed(), [plane.freshness_key])
     return out
 
