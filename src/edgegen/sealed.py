@@ -10,6 +10,12 @@
                                      a ``/proc/self/fd/N`` path llama.cpp can open and mmap, never
                                      written to disk; close the returned handle once loaded
     RowCipher(key)                   seal/open small values (the telemetry spool's event bodies)
+    seal_value(key, data, label) / open_value(key, blob, label) / is_sealed_value(blob)
+                                     a small sealed file body (the agent's credential): ``EGSEALV1 ``
+                                     + a RowCipher value, with ``label`` as associated data, so a
+                                     value sealed for one purpose does not open as another
+    key_passphrase(key, label)       a passphrase derived from the device key (HKDF-SHA256), for
+                                     files another library encrypts (the TLS private key's PKCS#8)
 
 File format (a chunked AEAD in the manner of age's STREAM construction): the header ``EGSEAL1`` +
 a random 7-byte nonce prefix, then chunks of up to 1 MiB of plaintext, each sealed with AES-GCM
@@ -33,8 +39,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edgegen.errors import SealedDataError, UserInputError
 
-__all__ = ["CHUNK", "DeviceKey", "RowCipher", "SealedDataError", "SealedWriter", "is_sealed", "open_plain",
-           "plain_copy", "read_plain", "sha256_plain"]
+__all__ = ["CHUNK", "DeviceKey", "RowCipher", "SealedDataError", "SealedWriter", "is_sealed", "is_sealed_value",
+           "key_passphrase", "open_plain", "open_value", "plain_copy", "read_plain", "seal_value", "sha256_plain"]
 
 MAGIC = b"EGSEAL1"
 PREFIX_BYTES = 7
@@ -203,3 +209,30 @@ class RowCipher:
             return self._aead.decrypt(raw[:12], raw[12:], aad).decode("utf-8")
         except (InvalidTag, ValueError) as exc:
             raise SealedDataError("a sealed value does not open (wrong device key or altered)") from exc
+
+
+VALUE_MAGIC = b"EGSEALV1 "
+
+
+def seal_value(key: bytes, data: bytes, label: str) -> bytes:
+    """``data`` (a few KB at most) sealed under the device key, bound to ``label``."""
+    return VALUE_MAGIC + RowCipher(key).seal(base64.b64encode(data).decode("ascii"), label.encode()).encode()
+
+
+def is_sealed_value(blob: bytes) -> bool:
+    return blob.startswith(VALUE_MAGIC)
+
+
+def open_value(key: bytes, blob: bytes, label: str) -> bytes:
+    """The plaintext of ``seal_value``'s output; ``SealedDataError`` for another key, label or an altered blob."""
+    if not is_sealed_value(blob):
+        raise SealedDataError("not a sealed value")
+    return base64.b64decode(RowCipher(key).open(blob[len(VALUE_MAGIC):].decode("ascii"), label.encode()))
+
+
+def key_passphrase(key: bytes, label: str) -> bytes:
+    """A 32-byte passphrase (hex) for ``label`` derived from the device key with HKDF-SHA256 (RFC 5869)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=label.encode()).derive(key).hex().encode()

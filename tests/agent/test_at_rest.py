@@ -13,8 +13,8 @@ from agent_kit import check_device
 from edgegen.agent.agent import Agent, AgentConfig
 from edgegen.agent.health import HealthPolicy
 from edgegen.agent.slots import Slots
-from edgegen.errors import UserInputError
-from edgegen.sealed import SealedDataError, is_sealed, read_plain
+from edgegen.errors import NotEnrolledError, UserInputError
+from edgegen.sealed import SealedDataError, is_sealed, is_sealed_value, read_plain
 from edgegen.telemetry.device import DeviceTelemetry
 
 
@@ -75,3 +75,60 @@ def test_telemetry_spool_bodies_are_sealed(tmp_path) -> None:  # type: ignore[no
 def test_the_key_must_live_outside_the_data_dir(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UserInputError):
         sealed_agent("http://127.0.0.1:1", tmp_path / "dev", tmp_path / "dev" / "device.key")
+
+
+def test_stolen_data_dir_holds_no_usable_credential(model_versions, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On a mutual-TLS fleet, the thief of the data directory (not the key) finds neither the device
+    credential nor its TLS private key in the clear, and cannot talk to the control plane as the
+    device; the device itself keeps working."""
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+    from test_tls import TlsFleet
+
+    f = TlsFleet(tmp_path / "fleet", mutual=True)
+    key_file = tmp_path / "secure" / "device.key"
+    with f.server:
+        f.publish(model_versions[1], 1)
+        agent = sealed_agent(f.url, tmp_path / "dev", key_file)
+        bundle = f.bundle()
+        agent.enroll(bundle["token"], bundle)
+        assert agent.run_once() == "switched"
+        secret = agent.credential()["credential"].encode()
+        for path in agent.dir.rglob("*"):
+            if path.is_file():
+                assert secret not in path.read_bytes(), f"the credential lies in the clear in {path}"
+                assert secret.split(b".")[1] not in path.read_bytes()
+        tls_key = (agent.dir / "trust" / "device.key").read_bytes()
+        assert b"ENCRYPTED PRIVATE KEY" in tls_key
+        with pytest.raises(TypeError):  # PKCS#8 encrypted: no password, no key
+            serialization.load_pem_private_key(tls_key, password=None)
+        # The thief runs an agent on the stolen directory, without the key (or with a guessed one).
+        thief = Agent(AgentConfig(data_dir=agent.dir, server=f.url))
+        with pytest.raises(SealedDataError):
+            thief.run_once()  # the sealed model does not even open
+        for call in (thief.credential, thief.client):
+            with pytest.raises(NotEnrolledError):
+                call()
+        guessed = tmp_path / "guess" / "device.key"
+        guessed.parent.mkdir()
+        guessed.write_bytes(b"\x01" * 32)
+        with pytest.raises(SealedDataError):
+            sealed_agent(f.url, agent.dir, guessed).credential()
+        # The device itself: still enrolled, still updating over mutual TLS.
+        f.publish(model_versions[2], 2)
+        assert agent.run_once() == "switched"
+        assert httpx.get(f"{f.url}/healthz", verify=agent.tls_context()).status_code == 200
+        agent.close()
+    f.admin.close()
+    f.app.state.fleet.engine.dispose()
+
+
+def test_a_credential_from_before_the_key_is_sealed_on_first_use(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A device enrolled without an at-rest key, then given one: its credential is sealed at once."""
+    plain = Agent(AgentConfig(data_dir=tmp_path / "dev", server=fleet.url))
+    device_id = plain.enroll(fleet.token())
+    assert b'"credential"' in plain.credential_path.read_bytes()
+    sealed = sealed_agent(fleet.url, tmp_path / "dev", tmp_path / "secure" / "device.key")
+    assert sealed.credential()["device_id"] == device_id
+    assert is_sealed_value(sealed.credential_path.read_bytes())
+    assert sealed.run_once() in ("idle", "current")  # the sealed credential authenticates

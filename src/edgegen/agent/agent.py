@@ -74,12 +74,14 @@ from edgegen.errors import (
     UserInputError,
 )
 from edgegen.fleet.signing import Manifest, canonical_json, format_time, load_envelope, parse_time
-from edgegen.sealed import DeviceKey
+from edgegen.sealed import DeviceKey, is_sealed_value, key_passphrase, open_value, seal_value
 
 log = logging.getLogger(__name__)
 
 MAX_HEALTH_ATTEMPTS = 3
 MAX_OUTBOX = 200
+CREDENTIAL_LABEL = "edgegen device credential"  # associated data of the sealed credential
+TLS_KEY_LABEL = "edgegen device tls key"  # derives the passphrase of trust/device.key
 
 
 @dataclass
@@ -130,7 +132,7 @@ class Agent:
         self.server = server or NullServer()
         self.transport = transport
         self.clock = clock
-        self.tls = DeviceTls(self.dir)
+        self.tls = DeviceTls(self.dir, key_passphrase(self.key, TLS_KEY_LABEL) if self.key is not None else None)
         self._client: ControlPlaneClient | None = None
         self._trust: TrustedState | None = None
         self._recovered = False
@@ -148,6 +150,29 @@ class Agent:
     def enrolled(self) -> bool:
         return self.credential_path.exists() and self.root_path.exists()
 
+    def credential(self) -> dict[str, str]:
+        """``{"server", "device_id", "credential"}``. With an at-rest key the file is sealed
+        (``sealed.seal_value``): a stolen data dir holds no usable credential; a credential written
+        in the clear (enrolled before the key was configured) is sealed now, once."""
+        try:
+            raw = self.credential_path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotEnrolledError(f"{self.dir} holds no device credential: pass --enroll-token") from exc
+        if is_sealed_value(raw):
+            if self.key is None:
+                raise NotEnrolledError(f"{self.credential_path} is sealed and this agent has no at-rest key "
+                                       "(--at-rest-key)")
+            raw = open_value(self.key, raw, CREDENTIAL_LABEL)
+        elif self.key is not None:
+            self._write_credential(json.loads(raw))
+        return dict(json.loads(raw))
+
+    def _write_credential(self, cred: dict[str, str]) -> None:
+        data = json.dumps(cred).encode()
+        if self.key is not None:
+            data = seal_value(self.key, data, CREDENTIAL_LABEL)
+        atomic_write(self.credential_path, data, 0o600, label="credential")
+
     def enroll(self, token: str, bundle: dict[str, Any] | None = None) -> str:
         """Spend the token for a credential and bootstrap trust; a no-op once enrolled.
 
@@ -155,7 +180,7 @@ class Agent:
         mutual-TLS fleet, the short-lived certificate to enrol with; over https the device then
         sends a CSR for its own new key and keeps the certificate the control plane issues."""
         if self.enrolled():
-            return json.loads(self.credential_path.read_bytes())["device_id"]
+            return self.credential()["device_id"]
         if not self.config.server:
             raise NotEnrolledError("enrolment needs --server")
         if bundle is not None:
@@ -176,15 +201,15 @@ class Agent:
         chain = [canonical_json(env) for env in resp.get("root_chain", [])]
         trust = TrustedState.bootstrap(chain, parse_pin(token), self.config.limits)
         atomic_write(self.root_path, trust.root_bytes, label="root")
-        cred = {"server": self.config.server, "device_id": resp["device_id"], "credential": resp["credential"]}
-        atomic_write(self.credential_path, json.dumps(cred).encode(), 0o600, label="credential")
+        self._write_credential({"server": self.config.server, "device_id": resp["device_id"],
+                                "credential": resp["credential"]})
         return resp["device_id"]
 
     def client(self) -> ControlPlaneClient:
         if self._client is None:
             if not self.enrolled():
                 raise NotEnrolledError(f"{self.dir} holds no device credential: pass --enroll-token")
-            cred = json.loads(self.credential_path.read_bytes())
+            cred = self.credential()
             server = self.config.server or cred["server"]
             self._client = ControlPlaneClient(server, cred["credential"], transport=self.transport,
                                               verify=self.tls.context(server),
@@ -414,11 +439,10 @@ class Agent:
 
     def tls_context(self) -> ssl.SSLContext | None:
         """The TLS context for the recorded control plane (telemetry uploads share it)."""
-        cred = json.loads(self.credential_path.read_bytes())
-        return self.tls.context(self.config.server or cred["server"])
+        return self.tls.context(self.config.server or self.credential()["server"])
 
     def _enrolled_id(self) -> str:
-        return str(json.loads(self.credential_path.read_bytes())["device_id"])
+        return str(self.credential()["device_id"])
 
     def update_towards(self, name: str | None, version: int | None, *, stream: str | None = None) -> Outcome:
         """Carry ``stream`` (None: the model; else an extra adapter stream) towards ``name`` v``version``."""

@@ -116,15 +116,20 @@ def run_cmd(
     elif not agent.enrolled():
         raise NotEnrolledError(f"{data_dir} holds no device credential: on the first run pass --server URL and "
                                "--enroll-token TOKEN (from `edgegen fleet enroll-token --model NAME`)")
-    if tel is not None:
-        tel.start(server, verify=agent.tls_context())
+
+    def start_telemetry() -> None:  # the credential from the agent: sealed at rest with --at-rest-key
+        if tel is not None and agent.enrolled():
+            cred = agent.credential()
+            tel.start(server or cred["server"], cred["credential"], verify=agent.tls_context())
+
+    start_telemetry()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
     def until(outcome: str) -> bool:
         if tel is not None:
-            tel.start(server, verify=agent.tls_context())  # no-op once started
+            start_telemetry()  # no-op once started
             tel.sample_memory()
         if once:
             return True

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, FastAPI
 
 from edgegen.errors import TlsSetupError
-from edgegen.fleet.auth import digest
+from edgegen.fleet.auth import ClientCertGate, digest
 from edgegen.fleet.db import default_db_url, make_engine, migrate, session_factory
 from edgegen.fleet.deltas import DeltaService
 from edgegen.fleet.keys import FRESHNESS_KEY_FILE
@@ -123,4 +123,6 @@ def create_app(config: ControlPlaneConfig, extra_routers: Iterable[APIRouter] = 
     app.state.fleet = plane
     for router in (*ROUTERS, *extra_routers):
         app.include_router(router)
+    if config.mutual_tls:  # every request: a client certificate from the handshake, not revoked
+        app.add_middleware(ClientCertGate, plane=plane)
     return app

@@ -5,8 +5,13 @@
                   401 "wrong admin token" for a wrong one; or the web console's session
                   cookie with its CSRF header (``console_auth``)
     DeviceDep     ``Authorization: Bearer <device id>.<secret>``; 401 for an unknown or wrong
-                  credential, 403 for a revoked device; each refusal is recorded as an
-                  ``auth_refused`` device event (with the device id when the id is known)
+                  credential, 403 for a revoked device, and on a mutual-TLS control plane 403
+                  when the connection's client certificate was not issued to that device
+                  (CN = device id): a stolen credential is useless without the device's key;
+                  each refusal is recorded as an ``auth_refused`` device event (with the device
+                  id when the id is known)
+    ClientCertGate  ASGI middleware of a mutual-TLS control plane: every request needs the
+                  connection's client certificate (``peer_cert``), not on the fleet CA's CRL
 
 Secrets are compared as sha256 digests with ``hmac.compare_digest``; only digests are stored.
 This module does not issue credentials (see ``enrol.py``).
@@ -19,13 +24,15 @@ import hmac
 import logging
 import time
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from edgegen.fleet import console_auth
 from edgegen.fleet.db import Device, DeviceEvent, EventKind, utcnow
+from edgegen.fleet.peer_cert import certificate_name, peer_certificate
 from edgegen.fleet.state import ControlPlane
 
 log = logging.getLogger(__name__)
@@ -103,9 +110,37 @@ def require_device(request: Request, session: Annotated[Session, Depends(get_ses
     if device.revoked:
         raise _refuse(request, 403, f"device {device.id} is revoked: {device.revoked_reason or ''}".rstrip(": "),
                       device.id)
+    if control_plane(request).config.mutual_tls:
+        cert = peer_certificate(request.scope)
+        holder = certificate_name(cert) if cert is not None else None
+        if holder != device.id:
+            raise _refuse(request, 403, f"the client certificate is issued to {holder!r}, not to device {device.id}",
+                          device.id)
     device.last_seen_at = utcnow()
     session.commit()
     return device
+
+
+class ClientCertGate:
+    """Refuse (403) a request whose connection brought no client certificate to the app (a server
+    run without ``peer_cert.PeerCertProtocol``: fail closed) or one on the fleet CA's CRL."""
+
+    def __init__(self, app: Any, plane: ControlPlane) -> None:
+        self.app, self.plane = app, plane
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            cert = peer_certificate(scope)
+            reason = None
+            if cert is None:
+                reason = "mutual TLS: no client certificate reached the control plane"
+            elif self.plane.ca is not None and self.plane.ca.is_revoked(cert):
+                reason = f"client certificate {cert.serial_number:x} is revoked"
+            if reason is not None:
+                log.info("refused connection on %s: %s", scope.get("path"), reason)
+                await JSONResponse({"detail": reason}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -6,15 +6,22 @@
                                        addresses given at ``fleet keys init --host`` (and localhost)
     <keys>/tls/admin.pem, admin.key    the operator's client certificate (the CLI presents it to a
                                        mutual-TLS control plane)
+    <keys>/tls/issued/<serial>.pem     every client certificate the CA issued (to revoke by device)
+    <keys>/tls/crl.pem                 the certificate revocation list (X.509 CRL signed by the CA)
 
     FleetCA.init(keys_dir, hosts)      make the CA and the server certificate (once)
     FleetCA.open(keys_dir)             load them
     ca.issue_client(csr_pem, name, days)   sign a device's CSR: CN = device id (or ``enrol:<token>``),
                                            extendedKeyUsage clientAuth only; the device's private
                                            key never leaves the device
-    ca.server_ssl(mutual)              the uvicorn ``ssl_*`` keyword arguments: server certificate,
-                                       and with ``mutual`` the CA whose client certificates are
-                                       REQUIRED on every connection (``ssl.CERT_REQUIRED``)
+    ca.server_ssl(mutual)              the uvicorn keyword arguments: server certificate, and with
+                                       ``mutual`` the CA whose client certificates are REQUIRED on
+                                       every connection (``ssl.CERT_REQUIRED``) and the protocol
+                                       class that hands each request its client certificate
+                                       (``peer_cert.PeerCertProtocol``)
+    ca.revoke_subject(cn) / ca.revoke_serial(serial)   put certificates on the CRL (a revoked device:
+                                       every certificate issued to its id)
+    ca.is_revoked(cert)                on the CRL (re-read when crl.pem changes on disk)
     admin_context(keys_dir)            the operator's ``ssl.SSLContext``: trusts only the fleet CA,
                                        presents admin.pem when it exists
 
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,68 @@ class FleetCA:
     dir: Path
     cert: x509.Certificate
     key: ec.EllipticCurvePrivateKey
+    _revoked: dict[int, datetime] = field(default_factory=dict)  # serial -> revocation time (the CRL)
+    _crl_stamp: tuple[int, int] | None = None  # (mtime_ns, size) of crl.pem when last read
+
+    @property
+    def crl_path(self) -> Path:
+        return self.dir / "crl.pem"
+
+    def _record_issued(self, cert: x509.Certificate) -> None:
+        atomic_write(self.dir / "issued" / f"{cert.serial_number:x}.pem",
+                     cert.public_bytes(serialization.Encoding.PEM), label="tls_cert")
+
+    def _load_crl(self) -> dict[int, datetime]:
+        """The revoked serials from crl.pem, whose signature must verify under this CA."""
+        try:
+            st = self.crl_path.stat()
+        except FileNotFoundError:
+            self._revoked, self._crl_stamp = {}, None
+            return self._revoked
+        if self._crl_stamp == (st.st_mtime_ns, st.st_size):
+            return self._revoked
+        crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        if not crl.is_signature_valid(self.key.public_key()):
+            raise TlsSetupError(f"{self.crl_path} is not signed by the fleet CA")
+        self._revoked = {r.serial_number: r.revocation_date_utc for r in crl}
+        self._crl_stamp = (st.st_mtime_ns, st.st_size)
+        return self._revoked
+
+    def crl(self, *, now: datetime | None = None, days: float = 7) -> bytes:
+        """The CRL (PEM) of every revoked serial, freshly signed (valid ``days``)."""
+        return self._sign_crl(self._load_crl(), now or datetime.now(timezone.utc), days)
+
+    def _sign_crl(self, revoked: dict[int, datetime], now: datetime, days: float = 7) -> bytes:
+        b = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+             .last_update(now - timedelta(minutes=5)).next_update(now + timedelta(days=days)))
+        for serial, when in sorted(revoked.items()):
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                          .revocation_date(when).build())
+        return b.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    def revoke_serial(self, serial: int, *, now: datetime | None = None) -> None:
+        now = now or datetime.now(timezone.utc)
+        revoked = dict(self._load_crl())
+        if serial in revoked:
+            return
+        revoked[serial] = now
+        atomic_write(self.crl_path, self._sign_crl(revoked, now), label="tls_cert")
+        st = self.crl_path.stat()
+        self._revoked, self._crl_stamp = revoked, (st.st_mtime_ns, st.st_size)
+
+    def revoke_subject(self, common_name: str) -> list[int]:
+        """Revoke every certificate this CA issued to ``common_name`` (a device id); their serials."""
+        serials = []
+        for path in sorted((self.dir / "issued").glob("*.pem")):
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if names and names[0].value == common_name:
+                self.revoke_serial(cert.serial_number)
+                serials.append(cert.serial_number)
+        return serials
+
+    def is_revoked(self, cert: x509.Certificate) -> bool:
+        return cert.serial_number in self._load_crl()
 
     @property
     def ca_path(self) -> Path:
@@ -151,18 +220,22 @@ class FleetCA:
         if not csr.is_signature_valid:
             raise TlsSetupError("the certificate request's signature does not verify")
         cert = self._leaf(_name(common_name), csr.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH, [], now)
+        self._record_issued(cert)
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def issue_client_key(self, common_name: str, *, days: float) -> tuple[bytes, bytes]:
         """(cert PEM, key PEM) made here: only for the short-lived enrolment certificate of a bundle."""
         key = new_key()
         cert = self._leaf(_name(common_name), key.public_key(), days, ExtendedKeyUsageOID.CLIENT_AUTH, [], None)
+        self._record_issued(cert)
         return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
     def server_ssl(self, mutual: bool = False) -> dict[str, Any]:
         kw: dict[str, Any] = {"ssl_certfile": str(self.dir / "server.pem"), "ssl_keyfile": str(self.dir / "server.key")}
         if mutual:
-            kw.update(ssl_ca_certs=str(self.ca_path), ssl_cert_reqs=ssl.CERT_REQUIRED)
+            from edgegen.fleet.peer_cert import PeerCertProtocol
+
+            kw.update(ssl_ca_certs=str(self.ca_path), ssl_cert_reqs=ssl.CERT_REQUIRED, http=PeerCertProtocol)
         return kw
 
 

@@ -101,7 +101,8 @@ class DeviceTelemetry:
         return TelemetryServer(server, self)
 
     def credential(self) -> tuple[str, str] | None:
-        """(server URL, credential) from the agent's ``credential.json``, once enrolled."""
+        """(server URL, credential) from the agent's ``credential.json``, once enrolled; None when it
+        is sealed (an agent with an at-rest key): then the caller passes ``Agent.credential()``."""
         path = self.data_dir / "credential.json"
         try:
             cred = json.loads(path.read_text())

@@ -9,7 +9,10 @@
                                              derived from the latest facts and the reason
     GET  /v1/admin/devices/{id}              one device and its recent events
     PATCH /v1/admin/devices/{id}             set the model a device follows, its group or labels
-    POST /v1/admin/devices/{id}/revoke       refuse the device's credential from now on
+    POST /v1/admin/devices/{id}/revoke       refuse the device's credential from now on, and put
+                                             every certificate issued to it on the CRL
+    POST /v1/admin/certificates/{serial}/revoke   put one client certificate (hex serial) on the CRL:
+                                             a leaked enrolment bundle, a stolen device key
     GET  /v1/admin/events?device_id=&limit=  device events, newest first
 """
 
@@ -170,13 +173,30 @@ class RevokeRequest(BaseModel):
 
 
 @router.post("/devices/{device_id}/revoke")
-def revoke_device(device_id: str, body: RevokeRequest, _: AdminDep, session: SessionDep) -> dict[str, Any]:
+def revoke_device(device_id: str, body: RevokeRequest, _: AdminDep, session: SessionDep,
+                  plane: PlaneDep) -> dict[str, Any]:
     try:
         device = enrol.revoke(session, device_id, body.reason)
     except UserInputError as exc:
         raise HTTPException(404, str(exc)) from exc
+    if plane.ca is not None:
+        plane.ca.revoke_subject(device.id)
     session.commit()
     return device_view(device)
+
+
+@router.post("/certificates/{serial}/revoke")
+def revoke_certificate(serial: str, _: AdminDep, plane: PlaneDep) -> dict[str, Any]:
+    if plane.ca is None:
+        raise HTTPException(404, "this control plane has no fleet CA")
+    try:
+        number = int(serial, 16)
+    except ValueError as exc:
+        raise HTTPException(400, f"not a hexadecimal serial number: {serial!r}") from exc
+    if not (plane.ca.dir / "issued" / f"{number:x}.pem").exists():
+        raise HTTPException(404, f"the fleet CA issued no client certificate {number:x}")
+    plane.ca.revoke_serial(number)
+    return {"serial": f"{number:x}", "revoked": True}
 
 
 @router.get("/events")
