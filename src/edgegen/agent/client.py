@@ -17,9 +17,6 @@ import httpx
 
 from edgegen.errors import AuthError, FleetError, OversizeError
 
-DELTA_TIMEOUT_S = 600.0  # the first device to ask makes the delta on the control plane (~1 s per 10 MB)
-
-
 def _reason(r: httpx.Response) -> str:
     try:
         return str(r.json().get("detail", ""))[:300] or r.reason_phrase
@@ -105,7 +102,7 @@ class ControlPlaneClient:
     def delta(self, name: str, version: int, base_sha256: str) -> dict[str, Any] | None:
         """The control plane's delta offer from ``base_sha256`` (untrusted), or None (take the full transfer)."""
         data = self.get_capped(f"/v1/device/deltas/{name}/{version}?base={base_sha256}", f"delta to {name} v{version}",
-                               missing_ok=True, timeout=DELTA_TIMEOUT_S)
+                               missing_ok=True)
         if data is None:
             return None
         try:

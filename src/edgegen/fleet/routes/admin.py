@@ -1,7 +1,8 @@
 """Admin API (``Authorization: Bearer <admin token>``): publish, enrol, revoke, inspect.
 
     PUT  /v1/admin/blobs/{sha256}            upload a blob (streamed, hash-checked, content-addressed)
-    POST /v1/admin/versions                  publish a signed manifest whose blobs are uploaded
+    POST /v1/admin/versions                  publish a signed manifest whose blobs are uploaded, and
+                                             make the deltas to it from the versions devices run
     GET  /v1/admin/models                    models, their versions and the released one
     POST /v1/admin/root                      publish root v(n+1) (signed by root v(n) and itself)
     POST /v1/admin/enroll-tokens             issue a one-time enrolment token
@@ -77,7 +78,11 @@ async def publish_version(request: Request, _: AdminDep, plane: PlaneDep) -> dic
                 session.rollback()
                 raise _bad(exc) from exc
             session.commit()
-            return {"name": v.model.name, "version": v.version, "sha256": v.sha256, "size": v.size}
+            # deltas from the versions devices run, made now: no device request waits for one
+            deltas = plane.deltas.prepare(session, v) if plane.deltas is not None else []
+            session.commit()
+            return {"name": v.model.name, "version": v.version, "sha256": v.sha256, "size": v.size,
+                    "deltas": deltas}
 
     return await run_in_threadpool(work)
 

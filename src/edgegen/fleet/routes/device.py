@@ -8,8 +8,9 @@
                                                 (the agent refuses an expired one: freeze)
     GET  /v1/device/manifests/{name}/{version}  the signed manifest, byte for byte as published
     GET  /v1/device/deltas/{name}/{version}?base=SHA   a zstd patch from the installed artifact
-                                                (``base``) to that version, made on first request;
-                                                404 when none is smaller than the full transfer
+                                                (``base``) to that version, made at publish time;
+                                                404 at once when none is made yet (queued for the
+                                                next devices) or none is smaller than the full transfer
     GET  /v1/device/blobs/{sha256}              an artifact, transfer or delta blob; HTTP Range
     POST /v1/device/report                      an ``EventKind`` report (installed, refused, ...)
 """
@@ -92,7 +93,7 @@ def delta(name: str, version: int, base: str, _device: DeviceDep, session: Sessi
         raise HTTPException(404, f"no version {version} of {name!r}")
     offer = plane.deltas.offer(session, row, base) if plane.deltas is not None else None
     if offer is None:
-        raise HTTPException(404, "no delta smaller than the full transfer from that base")
+        raise HTTPException(404, "no delta from that base (not made yet, or not smaller than the full transfer)")
     return offer
 
 
