@@ -287,7 +287,9 @@ class Agent:
             return act
         other = "b" if act.slot == "a" else "a"
         m = slots.verify(other)
-        reason = ("" if stream is None else f"adapter {stream}: ") + f"active slot {act.slot} does not match its manifest"
+        reason = f"active slot {act.slot} does not match its manifest"
+        if stream is not None:
+            reason = f"adapter {stream}: {reason}"
         if m is not None:
             act = slots.switch(other, m)
             reason += f"; fell back to slot {other} (v{m.version})"

@@ -17,6 +17,7 @@ import httpx
 
 from edgegen.errors import AuthError, FleetError, OversizeError
 
+
 def _reason(r: httpx.Response) -> str:
     try:
         return str(r.json().get("detail", ""))[:300] or r.reason_phrase

@@ -348,9 +348,10 @@ class Manifest:
 class DesiredState:
     """What one device should run now: ``(model, version)`` (``version`` None: nothing), valid from
     ``issued`` until ``expires`` (minutes later); ``adapters``: for the extra LoRA adapter streams the
-    device asked about, ``{name: version or None}`` (absent from statements that answer none). Signed by the ``freshness`` role; a device refuses
-    a statement for another device, one older than the newest it saw, and one past ``expires`` (a
-    replayed "stay where you are" answer is a freeze attack, python-tuf's ``test_freeze_attack``)."""
+    device asked about, ``{name: version or None}`` (absent from statements that answer none).
+    Signed by the ``freshness`` role; a device refuses a statement for another device, one older
+    than the newest it saw, and one past ``expires`` (a replayed "stay where you are" answer is a
+    freeze attack, python-tuf's ``test_freeze_attack``)."""
 
     device: str
     model: str | None
