@@ -142,8 +142,10 @@ def load_json(path: Path) -> dict:
 DONE = ("current", "failed_before", "refused", "health_failed", "auth_refused")
 
 
-def agent_child(data_dir: str, url: str, crash: str | None, deltas: bool = True) -> None:
-    """Body of a forked agent process: poll until current (or a final refusal), maybe SIGKILLed."""
+def agent_child(data_dir: str, url: str, crash: str | None, deltas: bool = True,
+                adapters: tuple[str, ...] = ()) -> None:
+    """Body of a forked agent process: poll until current (or a final refusal), maybe SIGKILLed;
+    ``adapters``: extra adapter streams it serves beside the model."""
     import logging
     import os
 
@@ -156,6 +158,7 @@ def agent_child(data_dir: str, url: str, crash: str | None, deltas: bool = True)
         os.environ.pop(CRASH_ENV, None)
     agent = make_agent(url, Path(data_dir))
     agent.config.deltas = deltas
+    agent.config.adapters = adapters
     try:
         outcome = agent.run(until=lambda o: o in DONE)
     finally:

@@ -2,7 +2,8 @@
 and after every restart demand exactly one verified, loadable active model and convergence to the
 desired version. Crash points run on full (zstd) transfers; the timer kills and the convergence runs
 take deltas; ``test_sigkill_during_delta_and_adapter_installs`` puts every crash point on delta
-installs of LoRA adapters.
+installs of LoRA adapters, followed as the device's model or as an extra adapter stream served
+beside it (multi-LoRA).
 
 Agents run as real processes forked from a ``forkserver`` that has the imports done (a cold Python
 start with llama.cpp costs seconds on a loaded CI box). Two kinds of kill:
@@ -79,8 +80,8 @@ def forkserver():
 
 
 def run_agent(ctx, data_dir: Path, url: str, crash: str | None = None, kill_after: float | None = None,
-              timeout: float = 120.0, deltas: bool = True) -> int:
-    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash, deltas))
+              timeout: float = 120.0, deltas: bool = True, adapters: tuple[str, ...] = ()) -> int:
+    p = ctx.Process(target=agent_child, args=(str(data_dir), url, crash, deltas, adapters))
     p.start()
     if kill_after is not None:
         p.join(kill_after)
@@ -161,10 +162,31 @@ ADAPTER_POINTS = ["download.chunk:1", "install.chunk:1", "install.before_replace
                   "report.before_send:1"]
 
 
-def test_sigkill_during_delta_and_adapter_installs(fleet, model_versions, stories_gguf, tmp_path, forkserver,
-                                                     capsys) -> None:  # type: ignore[no-untyped-def]
-    """The device follows a LoRA adapter stream on its base: every adapter version after the first
-    arrives as a delta against the installed adapter; SIGKILL at each point of those installs."""
+def active_adapter(data: Path, extra: bool) -> tuple[str, int] | None:
+    """(name, version) of the active adapter: the device's model, or its extra stream ``tldr`` (whose
+    active slot must verify, on the base the device runs)."""
+    from edgegen.agent.slots import Slots
+
+    if not extra:
+        act = json.loads((data / "active.json").read_text())
+        return act["name"], act["version"]
+    slots = Slots(data / "adapters" / "tldr")
+    act = slots.active()
+    if act is None:
+        return None
+    m = slots.verify(act.slot)
+    assert m is not None, "the extra stream's active adapter does not verify"
+    main = Slots(data)
+    assert m.base_sha256 == main.base_of(main.active().slot)[0]
+    return act.name, act.version
+
+
+@pytest.mark.parametrize("extra", [False, True], ids=["model", "extra_stream"])
+def test_sigkill_during_delta_and_adapter_installs(fleet, model_versions, stories_gguf, tmp_path, forkserver,  # type: ignore[no-untyped-def]
+                                                   capsys, extra) -> None:
+    """A LoRA adapter stream on the device's base (followed as its model, or served beside it as an
+    extra stream): every adapter version after the first arrives as a delta against the installed
+    adapter; SIGKILL at each point of those installs."""
     from edgegen.agent.download import sha256_file
     from edgegen.formats.lora_gguf import random_lora
 
@@ -176,7 +198,9 @@ def test_sigkill_during_delta_and_adapter_installs(fleet, model_versions, storie
     device_id = agent.enroll(fleet.token())
     agent.close()
     assert run_agent(forkserver, data, fleet.url) == 0
-    fleet.admin.set_device(device_id, model="tldr")
+    streams = ("tldr",) if extra else ()
+    if not extra:
+        fleet.admin.set_device(device_id, model="tldr")
     base_sha = sha256_file(model_versions[1])[0]
     # Adapter versions that retrain one layer each (the rest of the file unchanged): a delta is small.
     first = random_lora(stories_gguf, tmp_path / "tldr0.gguf", rank=4, seed=0, name="tldr")
@@ -190,19 +214,19 @@ def test_sigkill_during_delta_and_adapter_installs(fleet, model_versions, storie
         version += 1
         fleet.publish(adapters[version - 1], version, name="tldr", base_sha256=base_sha)
         for spec in chunk:
-            code = run_agent(forkserver, data, fleet.url, crash=spec)
+            code = run_agent(forkserver, data, fleet.url, crash=spec, adapters=streams)
             kills += code == -signal.SIGKILL
             assert code in (0, -signal.SIGKILL), (spec, code)
             check_device(data)  # one verified active set: base alone (v1) or base + an adapter version
-        assert run_agent(forkserver, data, fleet.url) == 0
-        act = json.loads((data / "active.json").read_text())
-        assert (act["name"], act["version"]) == ("tldr", version), act
+            active_adapter(data, extra)  # and the extra stream's adapter, if any, verifies on that base
+        assert run_agent(forkserver, data, fleet.url, adapters=streams) == 0
+        assert active_adapter(data, extra) == ("tldr", version)
         check_device(data)
     deltas = [e for e in fleet.events(device_id) if e["kind"] == "switched" and e["detail"].get("encoding") ==
               "zstd-patch"]
     with capsys.disabled():
-        print("\nadapter crash harness:", json.dumps({"sigkills": kills, "updates": version,
-                                                      "delta_switches": len(deltas)}))
+        print(f"\nadapter crash harness ({'extra stream' if extra else 'model'}):",
+              json.dumps({"sigkills": kills, "updates": version, "delta_switches": len(deltas)}))
     assert kills >= 8
     assert deltas, "no adapter update went through a delta"
 
