@@ -259,6 +259,10 @@ def _published_table(d: dict[str, Any]) -> Any:
         note = f"released: every device of {d['name']} outside a rollout now runs v{shipped['released_version']}"
     else:
         note = f"rollout {shipped['id']} started to {shipped['group']} (one stage)"
+    made = [x for x in d.get("deltas") or [] if x.get("sha256")]
+    if made:
+        sizes = ", ".join(f"{x['size']:,} of {x['full']:,} bytes from {x['base_sha256'][:12]}" for x in made)
+        note += f"\ndeltas for the versions devices run: {sizes}"
     return [fields(d, {"model": "name", "version": "version", "sha256": "sha256", "size (bytes)": "size"},
                    title="published"), note]
 
