@@ -236,3 +236,28 @@ def test_hot_swap_keeps_the_in_flight_stream_on_the_old_adapter(fleet, device, m
     assert "".join(streamed) == reference["tldr"], "the in-flight stream did not finish on the old adapter"
     assert len(streamed) > 1
     assert agent.stream_slots("tldr").active().version == 2
+
+
+def test_a_new_base_drops_the_adapters_made_for_the_old_one(fleet, device, model_versions, adapters) -> None:  # type: ignore[no-untyped-def]
+    """The device moves to base v2: tldr v1 (made for v1) is no longer served, its next version for
+    v1 is refused as an adapter for the wrong base, and a version made for v2 is installed and served."""
+    agent = device
+    publish_adapter(fleet, "tldr", adapters["tldr"], 1, model_versions[1])
+    assert agent.run_once() == "switched"
+    fleet.publish(model_versions[2], 2)
+    assert agent.run_once() == "switched"  # the base; tldr v1 stays installed, made for v1, not served
+    assert agent.slots.active().version == 2
+    url = agent.server.url
+    ids = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
+    assert ids == ["stories@v2"]
+    assert ask(url, "stories@v2+tldr").status_code == 400
+    publish_adapter(fleet, "tldr", adapters["tldr2"], 2, model_versions[1])  # still for the old base
+    assert agent.run_once() == "refused"
+    refused = [e for e in fleet.events(agent.device_id_) if e["kind"] == "update_refused"]
+    assert "is for base model" in refused[0]["reason"] and refused[0]["detail"]["adapter_version"] == 2
+    publish_adapter(fleet, "tldr", adapters["tldr2"], 3, model_versions[2])
+    assert agent.run_once() == "switched"
+    ids = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]]
+    assert ids == ["stories@v2", "stories@v2+tldr@v3"]
+    with Engine(model_versions[2], n_ctx=128, n_threads=1, lora_path=adapters["tldr2"]) as e:
+        assert text(url, "stories@v2+tldr") == e.complete(PROMPT, SamplingParams.greedy(N)).text
