@@ -261,3 +261,54 @@ def test_a_new_base_drops_the_adapters_made_for_the_old_one(fleet, device, model
     assert ids == ["stories@v2", "stories@v2+tldr@v3"]
     with Engine(model_versions[2], n_ctx=128, n_threads=1, lora_path=adapters["tldr2"]) as e:
         assert text(url, "stories@v2+tldr") == e.complete(PROMPT, SamplingParams.greedy(N)).text
+
+
+def mapped_memfd_inodes(name: str) -> set[str]:
+    """Inodes of the memory files called ``name`` mapped into this process (llama.cpp mmaps models)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return {line.split()[4] for line in lines if f"memfd:{name}" in line}
+
+
+def test_sealed_base_is_one_copy_in_ram_across_an_adapter_hot_swap(fleet, model_versions, adapters,  # type: ignore[no-untyped-def]
+                                                                    reference, tmp_path) -> None:
+    """With encryption at rest the base is decrypted into a memory file; while an adapter is
+    hot-swapped (old engine still finishing a request, new engine loaded) both map that same file:
+    the base is in RAM once, not once per engine."""
+    from edgegen.agent.agent import Agent, AgentConfig
+    from edgegen.agent.health import HealthPolicy
+
+    fleet.publish(model_versions[1], 1)
+    server = GatedEdgeServer(n_ctx=128, n_threads=1)
+    agent = Agent(AgentConfig(data_dir=tmp_path / "dev", server=fleet.url, poll_interval_s=0.1,
+                              health=HealthPolicy(max_latency_s=120.0), at_rest_key=tmp_path / "key" / "device.key",
+                              adapters=("tldr",)), server=server)
+    try:
+        agent.enroll(fleet.token())
+        assert agent.run_once() == "switched"
+        server.gate_next()
+        publish_adapter(fleet, "tldr", adapters["tldr"], 1, model_versions[1])
+        assert agent.run_once() == "switched"
+        assert mapped_memfd_inodes("model.gguf") and len(mapped_memfd_inodes("model.gguf")) == 1
+        old = server._app.state.server.slot.engine
+        server.gate.clear()
+        held = threading.Thread(target=lambda: text(server.url, "stories@v1+tldr"))
+        held.start()
+        assert server.started.wait(60)
+        publish_adapter(fleet, "tldr", adapters["tldr2"], 2, model_versions[1])
+        outcome: list[str] = []
+        swapper = threading.Thread(target=lambda: outcome.append(agent.run_once()))
+        swapper.start()
+        deadline = time.monotonic() + 120
+        while server._app.state.server.slot.engine is old:
+            assert time.monotonic() < deadline and swapper.is_alive(), f"no swap: {outcome}"
+            time.sleep(0.05)
+        assert swapper.is_alive()  # two engines open now: the old one holds a request
+        assert len(mapped_memfd_inodes("model.gguf")) == 1, "each engine has its own copy of the base"
+        server.gate.set()
+        held.join(120)
+        swapper.join(120)
+        assert outcome == ["switched"]
+        assert text(server.url, "stories@v1+tldr") == reference["tldr2"]
+    finally:
+        server.gate.set()
+        agent.close()

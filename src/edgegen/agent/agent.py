@@ -74,7 +74,16 @@ from edgegen.errors import (
     UserInputError,
 )
 from edgegen.fleet.signing import Manifest, canonical_json, format_time, load_envelope, parse_time
-from edgegen.sealed import DeviceKey, is_sealed_value, key_passphrase, open_value, seal_value
+from edgegen.sealed import (
+    DeviceKey,
+    PlainCopy,
+    is_sealed,
+    is_sealed_value,
+    key_passphrase,
+    open_value,
+    plain_copy,
+    seal_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +144,9 @@ class Agent:
         self.tls = DeviceTls(self.dir, key_passphrase(self.key, TLS_KEY_LABEL) if self.key is not None else None)
         self._client: ControlPlaneClient | None = None
         self._trust: TrustedState | None = None
+        # a sealed base model's plaintext memory file, kept open so that every engine loaded on that
+        # base (hot swaps of adapters, health checks) maps the same pages: one base in RAM
+        self._plain_base: tuple[str, PlainCopy] | None = None
         self._recovered = False
 
     # ---- enrolment and credentials -----------------------------------------------------------
@@ -228,6 +240,9 @@ class Agent:
             self._client.close()
             self._client = None
         self.server.stop()
+        if self._plain_base is not None:
+            self._plain_base[1].close()
+            self._plain_base = None
 
     # ---- journal helpers -----------------------------------------------------------------------
 
@@ -330,7 +345,7 @@ class Agent:
             return
         base = self.slots.base_of(act.slot)
         with contextlib.ExitStack() as stack:
-            model, adapter = stack.enter_context(self.slots.open_runnable(act.slot))
+            model, adapter = stack.enter_context(self._open_runnable(self.slots, act.slot, share=True))
             extra: Adapters = {}
             for name in self.config.adapters:
                 slots = self.stream_slots(name)
@@ -340,6 +355,29 @@ class Agent:
                     continue
                 extra[name] = (stack.enter_context(slots.open_plain(slots.adapter_path(a.slot))), f"v{m.version}")
             yield model, adapter, slot_model_id(self.slots.dir(act.slot)), extra
+
+    @contextlib.contextmanager
+    def _open_runnable(self, slots: Slots, slot: str, *, share: bool = False) -> Iterator[tuple[Path, Path | None]]:
+        """``slots.open_runnable``, except that a sealed base model is opened from the shared memory
+        file when it is the same base (by sha256); ``share``: make this base the shared one (the one
+        served), closing the previous base's file once the caller is done (the old engine keeps its
+        own mapping until it is closed)."""
+        model, adapter = slots.runnable(slot)
+        if self.key is None or not is_sealed(model):
+            with slots.open_runnable(slot) as paths:
+                yield paths
+            return
+        base = slots.base_of(slot)
+        sha = base[0] if base is not None else ""
+        with contextlib.ExitStack() as stack:
+            if self._plain_base is None or self._plain_base[0] != sha:
+                if not share:
+                    yield stack.enter_context(slots.open_runnable(slot))
+                    return
+                old, self._plain_base = self._plain_base, (sha, plain_copy(model, self.key, model.name))
+                if old is not None:
+                    stack.callback(old[1].close)
+            yield self._plain_base[1].path, None if adapter is None else stack.enter_context(slots.open_plain(adapter))
 
     def _serve(self, *, swap: bool) -> None:
         """Start (or hot-swap) the server on what is active now."""
@@ -590,7 +628,7 @@ class Agent:
                 try:
                     if upd["health_attempts"] > MAX_HEALTH_ATTEMPTS:
                         raise HealthCheckError(f"the agent died during {MAX_HEALTH_ATTEMPTS} health checks")
-                    with slots.open_runnable(upd["slot"]) as (model, adapter):
+                    with self._open_runnable(slots, upd["slot"]) as (model, adapter):
                         report = check_health(model, self.config.health, adapter=adapter)
                 except HealthCheckError as exc:
                     return self._health_failed(state, upd, exc)
