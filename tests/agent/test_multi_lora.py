@@ -312,3 +312,44 @@ def test_sealed_base_is_one_copy_in_ram_across_an_adapter_hot_swap(fleet, model_
     finally:
         server.gate.set()
         agent.close()
+
+
+def test_mirror_rewriting_the_adapter_versions(fleet, model_versions, adapters, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A mirror holds an extra adapter stream back (or points it elsewhere) by rewriting the desired
+    state: in the unsigned hint it is ignored, in the signed statement the signature breaks."""
+    from agent_kit import HostileTransport, replace_body
+
+    fleet.publish(model_versions[1], 1)
+    mirror = HostileTransport()
+    agent = make_agent(fleet.url, tmp_path / "dev", transport=mirror)
+    agent.config.adapters = ("tldr",)
+    try:
+        agent.enroll(fleet.token())
+        assert agent.run_once() == "switched"
+        publish_adapter(fleet, "tldr", adapters["tldr"], 1, model_versions[1])
+
+        def hint(_q: httpx.Request, r: httpx.Response) -> httpx.Response:
+            body = json.loads(r.read())
+            body["adapters"] = {"tldr": None}
+            return replace_body(r, json.dumps(body).encode())
+
+        mirror.on(r"/v1/device/desired$", hint)
+        assert agent.run_once() == "switched"  # the signed statement decides, not the hint
+        assert agent.stream_slots("tldr").active().version == 1
+        publish_adapter(fleet, "tldr", adapters["tldr2"], 2, model_versions[1])
+
+        def statement(_q: httpx.Request, r: httpx.Response) -> httpx.Response:
+            body = json.loads(r.read())
+            body["statement"]["signed"]["adapters"] = {"tldr": 1}  # "stay on v1"
+            return replace_body(r, json.dumps(body).encode())
+
+        mirror.clear()
+        mirror.on(r"/v1/device/desired$", statement)
+        assert agent.run_once() == "refused"
+        assert agent.stream_slots("tldr").active().version == 1
+        mirror.clear()
+        assert agent.run_once() == "switched"
+        assert agent.stream_slots("tldr").active().version == 2
+    finally:
+        agent.close()
+        mirror.close()
