@@ -25,6 +25,10 @@ be an adapter made for the installed base; the server serves every active adapte
 active model's, each picked by model name ``<base>+<name>``, and a failed health check or a crash
 leaves that adapter's previous slot serving.
 
+With an at-rest key (``AgentConfig.at_rest_key``), models and adapters are sealed in their slots,
+``credential.json`` is sealed (``sealed.seal_value``) and the TLS key encrypted under a passphrase
+derived from it; a sealed base is decrypted once into a memory file that every engine maps.
+
 Refusals (``TrustError``), failed health checks and credential refusals leave ``active.json`` and
 the active slot untouched and are reported to the control plane (or kept locally in
 ``status.json`` when the control plane refuses the device itself). On start, ``recover`` checks the
@@ -348,6 +352,8 @@ class Agent:
             model, adapter = stack.enter_context(self._open_runnable(self.slots, act.slot, share=True))
             extra: Adapters = {}
             for name in self.config.adapters:
+                if name == act.name:  # the model itself is this adapter stream: loaded already
+                    continue
                 slots = self.stream_slots(name)
                 a = slots.active()
                 m = slots.slot_manifest(a.slot) if a is not None else None
