@@ -350,6 +350,7 @@ class Agent:
             expected_version=version, min_version=state["high_water"].get(name))
         base = self.slots.base_of(act.slot) if act is not None else None
         check_adapter_base(manifest, base[0] if base else None)
+        self.slots.check_installable(manifest)  # before any byte is downloaded
         enc = self.config.encoding if self.config.encoding in manifest.transfers else None
         delta = self._delta_offer(state, manifest, act)
         upd = {"name": name, "version": version, "slot": self.slots.inactive(),
@@ -524,7 +525,8 @@ class Agent:
 
 
 def active_model(data_dir: Path) -> tuple[ActiveRecord, Path] | None:
-    """The active record and model path of an agent data directory (for tools and tests)."""
+    """The active record and model path (a GGUF file or an ONNX folder) of an agent data directory
+    (for tools and tests)."""
     slots = Slots(data_dir)
     act = slots.active()
-    return None if act is None else (act, slots.model_path(act.slot))
+    return None if act is None else (act, slots.runnable(act.slot)[0])

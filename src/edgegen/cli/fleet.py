@@ -193,7 +193,8 @@ def keys_push_cmd(keys: KeysOpt = None, server: ServerOpt = None, admin_token: T
 
 @fleet_app.command("publish")
 def publish_cmd(
-    artifact: Annotated[Path, typer.Argument(help="the model file (GGUF)")],
+    artifact: Annotated[Path, typer.Argument(
+        help="the model: a GGUF file, or an ONNX Runtime GenAI folder (shipped as one signed canonical tar)")],
     name: Annotated[str, typer.Option("--name", help="model name devices follow")],
     version: Annotated[int | None, typer.Option("--version", help="version number (default: latest + 1)")] = None,
     expires_days: Annotated[float | None, typer.Option(
