@@ -111,3 +111,14 @@ def test_onnx_folder_is_refused_where_models_are_sealed_at_rest(fleet, onnx_vers
     assert Slots(agent.dir).active() is None
     assert any("sealed at rest" in (e["reason"] or "") for e in refusals(fleet, device_id)), refusals(fleet, device_id)
     agent.close()
+
+
+def test_a_folder_that_is_not_an_onnx_model_is_refused_before_signing(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgegen.errors import InvalidModelError
+
+    folder = tmp_path / "half"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"\x08\x07")
+    with pytest.raises(InvalidModelError, match="genai_config.json"):
+        fleet.release(folder, 1)
+    assert not list((tmp_path).glob("**/*.tar"))

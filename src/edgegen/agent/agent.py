@@ -28,6 +28,7 @@ off exponentially with jitter (``edgegen.backoff``); the transport is TLS pinned
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -58,6 +59,7 @@ from edgegen.errors import (
     FleetError,
     FreezeError,
     HashMismatchError,
+    InvalidProfileError,
     NotEnrolledError,
     OversizeError,
     TrustError,
@@ -87,6 +89,9 @@ class AgentConfig:
     # the device's at-rest key file (32 bytes, 0600, created if missing), kept OUTSIDE data_dir;
     # None: models and adapters are stored in the clear
     at_rest_key: Path | None = None
+    # the device profile to report (a JSON file `edgegen profile` wrote, or a shipped profile's name);
+    # sent when it changes, so rollouts can select this device by profile or by fit
+    profile: str | None = None
 
 
 def parse_pin(token: str) -> str | None:
@@ -255,6 +260,10 @@ class Agent:
         try:
             self.flush_reports()
             try:
+                self.send_profile()
+            except InvalidProfileError as exc:  # a configuration mistake must not stop updates
+                log.warning("device profile not reported: %s", exc)
+            try:
                 self.sync_root()
             except TrustError as exc:  # a forged or replayed root: no update under a doubtful root
                 outcome = self._refused(self._state(), None, exc)
@@ -284,6 +293,23 @@ class Agent:
         except FleetError as exc:
             log.warning("reports not delivered yet: %s", exc)
         return outcome
+
+    def send_profile(self) -> bool:
+        """Report ``config.profile`` if it changed since it was last accepted; True when sent. A
+        profile that does not load is ``InvalidProfileError`` (a configuration error, not an update)."""
+        if self.config.profile is None:
+            return False
+        from edgegen.plan.profile import profile_json
+
+        data, _ = profile_json(self.config.profile)  # refuses a file with missing fields before it is sent
+        digest = hashlib.sha256(canonical_json(data)).hexdigest()
+        state = self._state()
+        if state.get("profile_sent") == digest:
+            return False
+        self.client().put_profile(data)
+        state["profile_sent"] = digest
+        self.journal.save(state)
+        return True
 
     def sync_root(self) -> None:
         trust = self.trust()

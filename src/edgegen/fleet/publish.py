@@ -109,12 +109,14 @@ def build_release(
     ``work_dir`` as a canonical tar); with ``base_sha256`` the artifact must be a LoRA adapter GGUF
     and the manifest (kind ``adapter``) binds it to that base model file. The manifest records the
     engine and format that run it and, for models, the planner's facts (rollouts by fit)."""
-    from edgegen.runtime.base import ENGINE_FOR_FORMAT, detect_format
+    from edgegen.runtime.base import ENGINE_FOR_FORMAT, ModelFormat, detect_format
 
     artifact = Path(artifact)
     if not artifact.exists():
         raise UserInputError(f"no artifact at {artifact}")
-    fmt = detect_format(artifact)  # InvalidModelError for anything neither GGUF nor ONNX Runtime GenAI
+    # a folder must be an ONNX Runtime GenAI model (InvalidModelError naming what is missing); a file is
+    # a GGUF, read by describe_artifact unless the caller gives architecture and quantization itself
+    fmt = detect_format(artifact) if artifact.is_dir() else ModelFormat.GGUF
     if base_sha256 is not None:
         from edgegen.formats.lora_gguf import adapter_info
 
