@@ -200,7 +200,7 @@ class Engine(TokenLoop):
             temp=0.0 if greedy else params.temperature,
             repeat_penalty=params.repeat_penalty,
             reset=True,
-            grammar=self._grammar(params) if params.grammar or params.json_schema else None,
+            grammar=self._grammar(params) if params.grammar or params.constraint else None,
         )
 
         def last_row() -> np.ndarray:
@@ -210,11 +210,12 @@ class Engine(TokenLoop):
         return ids, last_row
 
     def _grammar(self, params: SamplingParams) -> Any:
-        """The call's GBNF grammar, or its JSON Schema through llama-cpp-python's port of llama.cpp's
-        json-schema-to-grammar."""
-        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+        """The call's GBNF grammar, or its ``Constraint`` compiled to GBNF (``runtime.constraint``)."""
+        from llama_cpp.llama_grammar import LlamaGrammar
 
-        gbnf = params.grammar or json_schema_to_gbnf(params.json_schema or "{}")
+        from edgegen.runtime.constraint import to_gbnf
+
+        gbnf = params.grammar or to_gbnf(params.constraint)  # type: ignore[arg-type]
         return LlamaGrammar.from_string(gbnf, verbose=False)
 
     def token_bytes(self, tok: int) -> bytes:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgegen.errors import ContextOverflowError
+from edgegen.runtime.constraint import Constraint
 from edgegen.runtime.stops import StopFilter
 
 
@@ -49,7 +50,7 @@ class SamplingParams:
     ignore_eos: bool = False  # benchmarks: keep decoding past end-of-generation tokens
     top_logprobs: int = 0  # also report this many likeliest alternatives per token (implies logprobs)
     grammar: str | None = None  # GBNF text (llama.cpp grammar) the output must match; this call only
-    json_schema: str | None = None  # JSON text of a JSON Schema the output must match; this call only
+    constraint: Constraint | None = None  # JSON (Schema) shape the output must have, any engine; this call only
 
     @classmethod
     def greedy(cls, max_tokens: int = 256, **kw: Any) -> SamplingParams:

@@ -9,7 +9,8 @@ ONNX Runtime computes the logits; edgegen samples from them (``sample_token``), 
 share one definition of temperature, top-k, top-p (nucleus), min-p, repeat penalty and seeds, and
 log-probabilities are read from the very logits a token was sampled from. The sampler chain is
 llama.cpp's default order: repeat penalty -> top-k -> top-p -> min-p -> temperature -> draw.
-GBNF grammars (a llama.cpp format) are refused with ``InvalidRequestError``.
+GBNF grammars (a llama.cpp format) are refused with ``InvalidRequestError``; a ``Constraint`` (JSON
+Schema shapes, ``runtime.constraint``) runs through ONNX Runtime GenAI's guidance (llguidance).
 
 Not thread-safe; one generator per call (no prompt cache: ``reset`` has nothing to forget).
 Closing a stream's iterator frees its generator at once. This module does not export models.
@@ -36,6 +37,7 @@ from edgegen.errors import (
     UserInputError,
 )
 from edgegen.runtime.base import GENAI_CONFIG
+from edgegen.runtime.constraint import to_lark
 from edgegen.runtime.generate import Decoder, SamplingParams, TokenLoop, default_threads
 
 log = logging.getLogger(__name__)
@@ -92,15 +94,6 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
         idx, z = idx[keep_mask], z[keep_mask]
     w = np.exp((z - z[0]) / params.temperature)
     return int(idx[rng.choice(idx.size, p=w / w.sum())])
-
-
-def compact_schema(schema_json: str | None) -> str:
-    """The schema with llguidance's ``x-guidance`` options for compact JSON (no free whitespace
-    between items), unless the schema sets its own: a small model otherwise runs on in whitespace."""
-    schema = json.loads(schema_json or "{}")
-    if isinstance(schema, dict) and "x-guidance" not in schema:
-        schema = {**schema, "x-guidance": {"whitespace_flexible": False}}
-    return json.dumps(schema)
 
 
 def guided_search(params: SamplingParams, seed: int) -> dict[str, Any]:
@@ -277,23 +270,24 @@ class OrtEngine(TokenLoop):
         if params.grammar:
             raise InvalidRequestError(
                 "the ONNX Runtime engine does not run GBNF grammars (a llama.cpp format); it constrains "
-                "output by JSON Schema (response_format json_object/json_schema, tool_choice required or "
-                "a named tool): use those, or a GGUF model")
+                "output by JSON Schema (response_format json_object/json_schema, and tools): use those, "
+                "or a GGUF model")
 
     def _decode(self, tokens: list[int], params: SamplingParams, seed: int, budget: int) -> Decoder:
         """ONNX Runtime computes each position's logits; ``sample_token`` draws from them with a
-        NumPy generator seeded by ``seed``. A call with ``json_schema`` is constrained by ONNX Runtime
-        GenAI's guidance (llguidance, ``GeneratorParams.set_guidance``), which masks the logits inside
+        NumPy generator seeded by ``seed``. A call with a ``constraint`` is constrained by ONNX Runtime
+        GenAI's guidance (llguidance, ``GeneratorParams.set_guidance`` with the constraint compiled to
+        Lark by ``runtime.constraint.to_lark``), which masks the logits inside
         ``generate_next_token``: ONNX Runtime then samples (its temperature, top-k, top-p, repetition
         penalty and ``random_seed``; min-p is not applied). ONNX Runtime's generator lives inside the
         id iterator: closing the iterator frees it at once."""
         row: list[np.ndarray] = []
-        guided = params.json_schema is not None
+        guided = params.constraint is not None
 
         def ids() -> Iterator[int]:
             history = list(tokens)
             if guided:
-                gen = self._generator(len(tokens) + budget, ("json_schema", compact_schema(params.json_schema)),
+                gen = self._generator(len(tokens) + budget, ("lark_grammar", to_lark(params.constraint)),
                                       guided_search(params, seed))
             else:
                 gen = self._generator(len(tokens) + budget)
