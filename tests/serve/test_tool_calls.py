@@ -210,3 +210,76 @@ def test_parallel_calls_come_back_as_several_tool_calls(json_tools_server: Backg
                 _valid(call)
             seen.append(len(choice.message.tool_calls))
     assert seen and max(seen) >= 2, seen
+
+
+# ---- tools on /v1/responses ----------------------------------------------------------------------
+
+R_WEATHER = {"type": "function", "name": "get_weather", "parameters": WEATHER["function"]["parameters"]}
+R_TIME = {"type": "function", "name": "get_time", "parameters": TIME["function"]["parameters"]}
+
+
+def test_responses_api_function_calls_streamed_and_not(json_tools_server: BackgroundServer) -> None:
+    c = _client(json_tools_server)
+    kw = dict(model="stories-json", input="Weather in Paris?", tools=[R_WEATHER, R_TIME], tool_choice="required",
+              parallel_tool_calls=False, temperature=0, max_output_tokens=120)
+    r = c.responses.create(**kw)
+    assert r.status == "completed" and len(r.output) == 1
+    (item,) = r.output
+    assert item.type == "function_call" and item.call_id.startswith("call_") and item.name in SCHEMAS
+    jsonschema.validate(json.loads(item.arguments), SCHEMAS[item.name])
+    assert [t.name for t in r.tools] == ["get_weather", "get_time"]
+    events = list(c.responses.create(stream=True, **kw))
+    kinds = [e.type for e in events]
+    assert "response.output_text.delta" not in kinds  # the call was held back, never sent as text
+    done = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(done) == 1 and json.loads(done[0].arguments) == json.loads(item.arguments)
+    added = [e.item for e in events if e.type == "response.output_item.added"]
+    assert added[0].type == "function_call" and added[0].name == item.name
+    assert kinds[-1] == "response.completed" and events[-1].response.output[0].name == item.name
+    # named choice
+    named = c.responses.create(**{**kw, "tool_choice": {"type": "function", "name": "get_time"}})
+    assert named.output[0].name == "get_time"
+
+
+def test_responses_events_for_parallel_calls() -> None:
+    from edgegen.serve.responses import ResponseEvents, ResponsesRequest
+
+    req = ResponsesRequest.model_validate({"input": "x", "tools": [R_WEATHER, R_TIME], "stream": True})
+    ev = ResponseEvents(req, "m", [Tool.model_validate(WEATHER), Tool.model_validate(TIME)], ToolSyntax.JSON)
+    text = '[{"name": "get_weather", "arguments": {"city": "Oslo"}}, {"name": "get_time", "arguments": {"tz": "UTC"}}]'
+    out = ev.start()
+    for i in range(0, len(text), 5):
+        out += ev.feed(Piece(0, Token(3, text[i:i + 5])))
+    out += ev.feed(ChoiceEnd(0, "stop", 30)) + ev.end(10, 30)
+    events = [json.loads(b.split(b"data: ", 1)[1]) for b in out]
+    kinds = [e["type"] for e in events]
+    assert "response.output_text.delta" not in kinds and "response.content_part.added" not in kinds
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [d["output_index"] for d in done] == [0, 1]
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.completed" and final["parallel_tool_calls"] is True
+    assert [(o["type"], o["name"]) for o in final["output"]] == [("function_call", "get_weather"),
+                                                                  ("function_call", "get_time")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    # text that is not a call streams as a message, opened lazily
+    ev = ResponseEvents(req, "m", [Tool.model_validate(WEATHER)], ToolSyntax.JSON)
+    out = ev.start() + ev.feed(Piece(0, Token(3, "  Sunny"))) + ev.feed(ChoiceEnd(0, "stop", 2)) + ev.end(1, 2)
+    kinds = [json.loads(b.split(b"data: ", 1)[1])["type"] for b in out]
+    assert kinds.index("response.output_item.added") < kinds.index("response.output_text.delta")
+    assert json.loads(out[-1].split(b"data: ", 1)[1])["response"]["output"][0]["content"][0]["text"] == "  Sunny"
+
+
+def test_responses_api_call_results_round_trip_and_refusals(json_tools_server: BackgroundServer) -> None:
+    c = _client(json_tools_server)
+    r = c.responses.create(model="stories-json", tools=[R_WEATHER], tool_choice="none", temperature=0,
+                           max_output_tokens=16, input=[
+                               {"role": "user", "content": "Weather in Paris?"},
+                               {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+                                "arguments": '{"city": "Paris"}'},
+                               {"type": "function_call_output", "call_id": "call_1", "output": '{"temp_c": 21}'}])
+    assert r.output[0].type == "message" and r.output_text
+    with pytest.raises(openai.BadRequestError, match="not served"):
+        c.responses.create(model="stories-json", input="hi", tools=[{"type": "web_search"}])
+    with pytest.raises(openai.BadRequestError):
+        c.responses.create(model="stories-json", input="hi", tools=[R_WEATHER],
+                           tool_choice={"type": "function", "name": "nope"})
