@@ -61,6 +61,8 @@ def test_rollout_targets_devices_by_fit_and_by_profile(fleet, model_versions, ti
         assert agent.run_once() == "switched"
         agents[who] = agent
     assert agents["pi5"].send_profile() is False  # accepted once; not sent again while unchanged
+    shown = {d["id"]: d["profile"] for d in fleet.admin.devices()}
+    assert shown == {ids["pi5"]: PI5, ids["tiny"]: "tiny-board", ids["bare"]: None}
     rel2 = fleet.publish(model_versions[2], 2, ship=False)
     assert rel2.manifest.plan is not None and rel2.manifest.plan["engine"] == "llamacpp"
     with RolloutClient(fleet.url, ADMIN_TOKEN) as admin:
