@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgegen.runtime.constraint import Constraint, closed, to_gbnf, to_lark
+from edgegen.runtime.constraint import MAX_ITEMS, Constraint, closed, to_gbnf, to_lark
 
 CALL = {"type": "object", "properties": {"name": {"const": "f"}, "arguments": {
     "type": "object", "properties": {"x": {"enum": ["a", "bc", 7]}}}}, "required": ["name", "arguments"]}
@@ -32,7 +32,7 @@ def test_both_compilers_state_the_same_shape(c: Constraint) -> None:
     assert gbnf.startswith("root ::= item") and lark.startswith("start: item")
     assert ("free-text" in gbnf) == c.or_text == ("free" in lark.split("\n")[0])
     assert ('"<tool_call>\\n"' in gbnf) == bool(c.prefix) == ('"<tool_call>\\n"' in lark)
-    assert ('("\\n" item)*' in gbnf) == c.repeat == ('("\\n" item)*' in lark)
+    assert gbnf.count('("\\n" item') == lark.count('("\\n" item') == (MAX_ITEMS - 1 if c.repeat else 0)
     if c.or_text:  # free text may not open like a call
         excluded = gbnf.split("free-text ::= [^")[1].split(" [^")[0]
         assert all(ch in excluded for ch in ("<" if c.prefix else "{["))
@@ -46,6 +46,7 @@ def test_both_engines_obey_one_constraint(tiny_onnx, tiny_gguf) -> None:  # type
     from edgegen.runtime.engine import SamplingParams
 
     c = Constraint(json.dumps(CALL), "<tool_call>\n", "\n</tool_call>")
+    several = Constraint(json.dumps(CALL), "<tool_call>\n", "\n</tool_call>", repeat=True)
     for path in (tiny_onnx, tiny_gguf):
         with open_engine(path, n_ctx=128, n_threads=1) as e:
             for seed in range(3):
@@ -53,3 +54,5 @@ def test_both_engines_obey_one_constraint(tiny_onnx, tiny_gguf) -> None:  # type
                 assert r.finish_reason == "stop", (path, r.text)
                 assert r.text.startswith("<tool_call>\n") and r.text.endswith("\n</tool_call>"), r.text
                 jsonschema.validate(json.loads(r.text[len("<tool_call>\n"):-len("\n</tool_call>")]), closed(CALL))
+            r = e.complete("Once upon a time", SamplingParams(max_tokens=120, seed=1, constraint=several))
+            assert r.text.startswith("<tool_call>\n") and r.text.count("<tool_call>") <= MAX_ITEMS

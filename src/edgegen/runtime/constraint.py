@@ -1,10 +1,10 @@
 """What a reply must look like, said once and compiled for each back end's constrained decoding.
 
     Constraint(schema, prefix, suffix, repeat, or_text)
-        the reply is: ``prefix JSON suffix`` (JSON valid under the JSON Schema ``schema``), or several
-        such items separated by newlines (``repeat``: e.g. Hermes/Qwen ``<tool_call>...</tool_call>``
-        blocks, one per parallel call), or, with ``or_text``, free text that cannot be mistaken for one
-        (it starts with neither whitespace nor the first character of an item)
+        the reply is: ``prefix JSON suffix`` (JSON valid under the JSON Schema ``schema``), or up to
+        ``MAX_ITEMS`` such items separated by newlines (``repeat``: e.g. Hermes/Qwen
+        ``<tool_call>...</tool_call>`` blocks, one per parallel call), or, with ``or_text``, free text
+        that cannot be mistaken for one (it starts with neither whitespace nor an item's first character)
     to_gbnf(c)   llama.cpp grammar (GBNF) for llama-cpp-python's ``LlamaGrammar``; the JSON part comes
                  from its port of llama.cpp's json-schema-to-grammar (``json_schema_to_gbnf``)
     to_lark(c)   llguidance's Lark dialect for ONNX Runtime GenAI's ``set_guidance("lark_grammar", ...)``;
@@ -20,6 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+MAX_ITEMS = 8  # repeated items at most (parallel tool calls), as a JSON array of calls is bounded too
+
+
+def _items() -> str:
+    """``item`` followed by at most MAX_ITEMS - 1 more, each after a newline: nested optionals, which
+    GBNF and Lark both read (no repetition-range syntax needed)."""
+    return "item" + ' ("\\n" item' * (MAX_ITEMS - 1) + ")?" * (MAX_ITEMS - 1)
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ def to_gbnf(c: Constraint) -> str:
     body = json_schema_to_gbnf(c.schema).replace("root ::=", "item-json ::=", 1)
     item = " ".join(x for x in (_gbnf_literal(c.prefix) if c.prefix else "", "item-json",
                                 _gbnf_literal(c.suffix) if c.suffix else "") if x)
-    items = 'item ("\\n" item)*' if c.repeat else "item"
+    items = _items() if c.repeat else "item"
     root = f"root ::= {items} | free-text" if c.or_text else f"root ::= {items}"
     lines = [root, f"item ::= {item}", body]
     if c.or_text:
@@ -80,7 +88,7 @@ def to_lark(c: Constraint) -> str:
         schema = {**schema, "x-guidance": {"whitespace_flexible": False}}
     item = " ".join(x for x in (json.dumps(c.prefix) if c.prefix else "", "item_json",
                                 json.dumps(c.suffix) if c.suffix else "") if x)
-    items = 'item ("\\n" item)*' if c.repeat else "item"
+    items = _items() if c.repeat else "item"
     lines = [f"start: {items} | free" if c.or_text else f"start: {items}", f"item: {item}",
              f"item_json: %json {json.dumps(schema)}"]
     if c.or_text:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgegen.errors import InvalidRequestError
-from edgegen.runtime.constraint import Constraint
+from edgegen.runtime.constraint import MAX_ITEMS, Constraint
 from edgegen.serve.schemas import (
     JsonObjectFormat,
     JsonSchemaFormat,
@@ -42,8 +42,6 @@ from edgegen.serve.schemas import (
     TextFormat,
     Tool,
 )
-
-MAX_PARALLEL_CALLS = 8
 
 
 class ToolSyntax(enum.Enum):
@@ -115,7 +113,7 @@ def tool_constraint(tools: Sequence[Tool], choice: str | NamedToolChoice | None,
             check_schema(t.function.parameters, f"tools[{t.function.name}].function.parameters")
     call = _call_schema(tools)
     if syntax is ToolSyntax.JSON and parallel and not isinstance(choice, NamedToolChoice):
-        call = {"anyOf": [call, {"type": "array", "items": call, "minItems": 1, "maxItems": MAX_PARALLEL_CALLS}]}
+        call = {"anyOf": [call, {"type": "array", "items": call, "minItems": 1, "maxItems": MAX_ITEMS}]}
     base = checked(call, "tools")
     only_calls = choice == "required" or isinstance(choice, NamedToolChoice)
     if syntax is ToolSyntax.HERMES:
