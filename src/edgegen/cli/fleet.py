@@ -200,8 +200,8 @@ def publish_cmd(
     expires_days: Annotated[float | None, typer.Option(
         "--expires-days", help="manifest lifetime, days (default: EDGEGEN_FLEET__MANIFEST_EXPIRES_DAYS or 90)")] = None,
     to: Annotated[str | None, typer.Option(
-        "--to", help="with --now: ship to 'all' devices of the model at once, or to a group / KEY=VALUE "
-                     "label (a one-stage rollout with the default gates)")] = None,
+        "--to", help="with --now: ship to 'all' devices of the model at once, or to a group, KEY=VALUE "
+                     "label, profile:NAME or fits[:CTX] selector (a one-stage rollout with the default gates)")] = None,
     now: Annotated[bool, typer.Option("--now", help="ship at once to --to (no stages)")] = False,
     base: Annotated[str | None, typer.Option(
         "--base", help="ARTIFACT is a LoRA adapter for this base model: its GGUF file or sha256; devices "
