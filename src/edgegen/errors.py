@@ -44,7 +44,10 @@
             ├── OversizeError
             ├── BindingError         metadata that does not belong together (mix and match)
             ├── MetadataFormatError  metadata that does not parse or lacks a required field
-            └── SealedDataError      a sealed file that does not open (wrong key, altered chunks)
+            ├── SealedDataError      a sealed file that does not open (wrong key, altered chunks)
+            ├── UnsafeArchiveError   a packed model folder with links, unsafe paths or oversize contents
+            └── UnsupportedArtifactError  an artifact this device cannot store or run (an ONNX folder
+                                     where models are sealed at rest)
 
 Library code raises these; only the CLI turns them into messages and exit codes. Foreign exceptions
 are translated at the boundary (``raise EngineError(...) from exc``). Every class is defined in this
@@ -235,4 +238,12 @@ class DatabaseURLError(UserInputError):
 
 
 class KeyringError(UserInputError):
+    pass
+
+
+class UnsafeArchiveError(TrustError):
+    pass
+
+
+class UnsupportedArtifactError(TrustError):
     pass

@@ -70,3 +70,36 @@ def test_bench_and_eval_run_an_onnx_model(tiny_onnx: Path, tiny_gguf: Path, tmp_
     onnx_row, same_row = json.loads(e.stdout)
     assert same_row["kl_mean"] == 0.0 and same_row["top1_agreement"] == 1.0  # the reference against itself
     assert onnx_row["kl_mean"] < 1e-3 and onnx_row["top1_agreement"] > 0.95  # same weights, other engine
+
+
+def test_profile_measures_both_engines_and_plan_uses_it(stories_gguf: Path, tiny_onnx: Path, tmp_path: Path) -> None:
+    import psutil
+
+    from edgegen.plan import load_profile, model_facts, plan
+    from edgegen.runtime.base import EngineKind
+
+    out = tmp_path / "this-box.json"
+    # the default long prompt (512) exceeds both models' trained context (512 and 256): it is capped to fit
+    p = run("profile", str(stories_gguf), str(tiny_onnx), "-o", str(out), "--name", "ci-box", "--repeats", "1",
+            "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    assert f"wrote {out}" in " ".join(p.stderr.split())
+    prof = load_profile(out)  # what `edgegen profile` writes, `edgegen plan` reads
+    assert prof.name == "ci-box" and prof.threads == 1
+    assert prof.ram_bytes == psutil.virtual_memory().total
+    assert set(prof.engines) == {EngineKind.LLAMACPP, EngineKind.ORT}
+    for kind, costs in prof.engines.items():
+        assert costs.decode_ns_per_weight and all(v > 0 for v in costs.decode_ns_per_weight.values()), kind
+        assert costs.base_rss_bytes > 0
+    assert prof.read_bandwidth_bytes_per_s > 1e8  # any CPU of this century reads faster than 100 MB/s
+    ranked = plan([model_facts(stories_gguf), model_facts(tiny_onnx)], prof)
+    assert all(r.fits and r.decode_tok_s > 0 for r in ranked)
+    ok = run("plan", str(stories_gguf), "--device", str(out), "--ctx", "512", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["device"] == "ci-box"
+
+
+def test_profile_bad_input(stories_gguf: Path, tmp_path: Path) -> None:
+    assert_clean_error(run("profile", str(tmp_path / "nope.gguf"), "-o", str(tmp_path / "p.json")), "nope.gguf")
+    assert_clean_error(run("profile", str(stories_gguf), "-o", str(tmp_path)), "is a folder")  # before measuring
+    assert not (tmp_path / "p.json").exists()

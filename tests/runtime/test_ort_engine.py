@@ -84,6 +84,19 @@ def test_same_weights_same_tokens_logits_and_greedy_text(ort, cpp) -> None:  # n
     assert "".join(t.text for t in x[:16]) == "".join(t.text for t in y[:16])  # same bytes, same UTF-8 repair
 
 
+def test_special_false_tokenizes_special_token_text_as_text(ort, cpp) -> None:  # noqa: ANN001
+    """llama.cpp's parse_special=False (what eval and user text use): "</s>" written in text is the
+    characters, not the end-of-sequence id; ONNX Runtime GenAI's tokenizer always parses it."""
+    for text in ("Lily said </s> and <s> then", "x</s>", "Once upon a time"):
+        for add_bos in (True, False):
+            plain = ort.tokenize(text, add_bos=add_bos, special=False)
+            assert plain == cpp.tokenize(text, add_bos=add_bos, special=False), text
+            assert ort.tokenize(text, add_bos=add_bos) == cpp.tokenize(text, add_bos=add_bos), text
+    plain = ort.tokenize("a </s> b", special=False)
+    assert ort.eos_id not in plain and ort.eos_id in ort.tokenize("a </s> b", special=True)
+    assert ort.detokenize(plain[1:]).strip() == "a </s> b"
+
+
 def test_stream_stops_logprobs_and_cancellation(ort) -> None:  # noqa: ANN001
     full = ort.complete(PROMPT, SamplingParams.greedy(30, ignore_eos=True)).text
     stop = full[10:14]

@@ -40,6 +40,7 @@ off exponentially with jitter (``edgegen.backoff``); the transport is TLS pinned
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -72,6 +73,7 @@ from edgegen.errors import (
     FleetError,
     FreezeError,
     HashMismatchError,
+    InvalidProfileError,
     NotEnrolledError,
     OversizeError,
     TrustError,
@@ -114,6 +116,9 @@ class AgentConfig:
     at_rest_key: Path | None = None
     # extra LoRA adapter streams served beside the model on its base (multi-LoRA), by stream name
     adapters: tuple[str, ...] = ()
+    # the device profile to report (a JSON file `edgegen profile` wrote, or a shipped profile's name);
+    # sent when it changes, so rollouts can select this device by profile or by fit
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         for name in self.adapters:
@@ -404,6 +409,10 @@ class Agent:
         try:
             self.flush_reports()
             try:
+                self.send_profile()
+            except InvalidProfileError as exc:  # a configuration mistake must not stop updates
+                log.warning("device profile not reported: %s", exc)
+            try:
                 self.sync_root()
             except TrustError as exc:  # a forged or replayed root: no update under a doubtful root
                 outcome = self._refused(self._state(), None, exc)
@@ -433,6 +442,23 @@ class Agent:
         except FleetError as exc:
             log.warning("reports not delivered yet: %s", exc)
         return outcome
+
+    def send_profile(self) -> bool:
+        """Report ``config.profile`` if it changed since it was last accepted; True when sent. A
+        profile that does not load is ``InvalidProfileError`` (a configuration error, not an update)."""
+        if self.config.profile is None:
+            return False
+        from edgegen.plan.profile import profile_json
+
+        data, _ = profile_json(self.config.profile)  # refuses a file with missing fields before it is sent
+        digest = hashlib.sha256(canonical_json(data)).hexdigest()
+        state = self._state()
+        if state.get("profile_sent") == digest:
+            return False
+        self.client().put_profile(data)
+        state["profile_sent"] = digest
+        self.journal.save(state)
+        return True
 
     def sync_root(self) -> None:
         trust = self.trust()
@@ -528,6 +554,7 @@ class Agent:
         main = self.slots.active()  # the base an adapter (of any stream) goes onto
         base = self.slots.base_of(main.slot) if main is not None else None
         check_adapter_base(manifest, base[0] if base else None)
+        self.slots.check_installable(manifest)  # before any byte is downloaded
         enc = self.config.encoding if self.config.encoding in manifest.transfers else None
         delta = self._delta_offer(state, manifest, act)
         upd = {"stream": stream, "name": name, "version": version, "slot": self.stream_slots(stream).inactive(),
@@ -704,7 +731,8 @@ class Agent:
 
 
 def active_model(data_dir: Path) -> tuple[ActiveRecord, Path] | None:
-    """The active record and model path of an agent data directory (for tools and tests)."""
+    """The active record and model path (a GGUF file or an ONNX folder) of an agent data directory
+    (for tools and tests)."""
     slots = Slots(data_dir)
     act = slots.active()
-    return None if act is None else (act, slots.model_path(act.slot))
+    return None if act is None else (act, slots.runnable(act.slot)[0])

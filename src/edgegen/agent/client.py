@@ -117,3 +117,7 @@ class ControlPlaneClient:
 
     def report(self, event: dict[str, Any]) -> None:
         self._json("POST", "/v1/device/report", "report", json=event)
+
+    def put_profile(self, profile: dict[str, Any]) -> None:
+        """Tell the control plane this device's profile (rollouts select by it)."""
+        self._json("PUT", "/v1/device/profile", "device profile", json=profile)

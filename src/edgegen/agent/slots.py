@@ -4,6 +4,10 @@
     <data>/slots/a/adapter.gguf, base.json   when the slot's manifest is a LoRA adapter: the adapter,
                                              and the base model's own signed manifest; model.gguf
                                              is then the base (a hard link to the installed one)
+    <data>/slots/a/model.onnx/               when the slot's manifest has format ``onnx``: the ONNX
+                                             Runtime GenAI folder, unpacked from the signed canonical
+                                             tar (``formats.folder_pack``); re-packing it gives the
+                                             signed bytes back, which is how it is verified
     <data>/active.json    {"slot", "name", "version", "sha256"}: THE commit point of an update
 
     slots.install(slot, source, encoding, manifest, envelope, delta_base=, base_model=, base_envelope=)
@@ -19,7 +23,8 @@
 
 With a device key (``Slots(dir, key=...)``), model and adapter files are sealed at rest
 (``edgegen.sealed``: AES-GCM, streamed): written sealed as they are decoded, hashed in plaintext on
-the way, opened for loading as memory files that never touch the disk. Installing into the active
+the way, opened for loading as memory files that never touch the disk (ONNX folders are refused
+under a device key: ONNX Runtime loads a folder from the file system). Installing into the active
 slot is refused: whatever happens mid-install, the running model's files are untouched. This
 module does not download, verify signatures or load models.
 """
@@ -39,8 +44,9 @@ from edgegen.agent.download import sha256_file
 from edgegen.agent.trust import check_artifact
 from edgegen.delta import ENCODING, apply_delta
 from edgegen.durable import atomic_write, commit_file, crashpoint, fsync_dir
-from edgegen.errors import FleetError, HashMismatchError, OversizeError
+from edgegen.errors import FleetError, HashMismatchError, OversizeError, UnsupportedArtifactError
 from edgegen.fleet.signing import Manifest, load_envelope
+from edgegen.formats.folder_pack import packed_bytes, packed_sha256, unpack
 from edgegen.sealed import SealedDataError, SealedWriter, is_sealed, plain_copy, read_plain, sha256_plain
 
 SLOT_NAMES = ("a", "b")
@@ -90,7 +96,9 @@ class Slots:
         return SealedWriter(path, self.key) if self.key is not None else _PlainWriter(path)
 
     def file_sha256(self, path: Path) -> tuple[str, int]:
-        """(sha256, size) of a stored file's plaintext."""
+        """(sha256, size) of a stored file's plaintext; of a folder's canonical tar."""
+        if Path(path).is_dir():
+            return packed_sha256(path)
         if is_sealed(path):
             if self.key is None:
                 raise SealedDataError(f"{path} is sealed and this agent has no device key")
@@ -98,6 +106,9 @@ class Slots:
         return sha256_file(path)
 
     def read_file(self, path: Path) -> bytes:
+        """A stored file's plaintext; a folder's canonical tar (the base of a delta)."""
+        if Path(path).is_dir():
+            return packed_bytes(path)
         if is_sealed(path):
             if self.key is None:
                 raise SealedDataError(f"{path} is sealed and this agent has no device key")
@@ -106,8 +117,9 @@ class Slots:
 
     @contextlib.contextmanager
     def open_plain(self, path: Path) -> Iterator[Path]:
-        """A path llama.cpp can load: ``path`` itself, or a memory-file copy of a sealed file (closed after)."""
-        if not is_sealed(path):
+        """A path an engine can load: ``path`` itself (a plain file, or an unpacked ONNX folder), or a
+        memory-file copy of a sealed file (closed after)."""
+        if not path.is_file() or not is_sealed(path):
             yield path
             return
         if self.key is None:
@@ -157,13 +169,21 @@ class Slots:
     def base_envelope_path(self, slot: str) -> Path:
         return self.dir(slot) / "base.json"
 
+    def folder_path(self, slot: str) -> Path:
+        return self.dir(slot) / "model.onnx"
+
     def artifact_path(self, slot: str, manifest: Manifest) -> Path:
-        """The file ``manifest`` describes: the adapter for an adapter, else the model."""
-        return self.adapter_path(slot) if manifest.is_adapter else self.model_path(slot)
+        """What ``manifest`` describes: the adapter for an adapter, the folder of an ONNX model, else
+        the model file."""
+        if manifest.is_adapter:
+            return self.adapter_path(slot)
+        return self.folder_path(slot) if manifest.format == "onnx" else self.model_path(slot)
 
     def runnable(self, slot: str) -> tuple[Path, Path | None]:
-        """(model, adapter or None) to load for ``slot``."""
+        """(model file or folder, adapter or None) to load for ``slot``."""
         m = self.slot_manifest(slot)
+        if m is not None and not m.is_adapter and m.format == "onnx":
+            return self.folder_path(slot), None
         return self.model_path(slot), (self.adapter_path(slot) if m is not None and m.is_adapter else None)
 
     def base_of(self, slot: str) -> tuple[str, Path, bytes] | None:
@@ -201,6 +221,14 @@ class Slots:
             return None
         return manifest
 
+    def check_installable(self, manifest: Manifest) -> None:
+        """``UnsupportedArtifactError`` for what these slots cannot hold: an ONNX folder under a device
+        key (ONNX Runtime loads a folder from the file system, so it cannot stay sealed)."""
+        if not manifest.is_adapter and manifest.format == "onnx" and self.key is not None:
+            raise UnsupportedArtifactError(
+                "an ONNX model folder cannot be sealed at rest (ONNX Runtime loads it from the file "
+                "system): publish a GGUF for devices with a device key")
+
     def install(self, slot: str, source: Path, encoding: str | None, manifest: Manifest, envelope: bytes, *,
                 delta_base: Path | None = None, base_model: Path | None = None,
                 base_envelope: bytes | None = None) -> None:
@@ -209,6 +237,8 @@ class Slots:
         manifest's ``base_sha256`` by the caller, re-checked by ``verify``) and its manifest."""
         if manifest.is_adapter and base_model is None:
             raise FleetError("an adapter needs its installed base model")
+        self.check_installable(manifest)
+        folder = not manifest.is_adapter and manifest.format == "onnx"
         act = self.active()
         if act is not None and act.slot == slot:
             raise FleetError(f"refusing to install into the active slot {slot}")
@@ -217,7 +247,7 @@ class Slots:
         self.manifest_path(slot).unlink(missing_ok=True)  # from here on the slot is incomplete
         fsync_dir(d)
         target = self.artifact_path(slot, manifest)
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = target.with_name(target.name + (".tar.tmp" if folder else ".tmp"))
         out = self._writer(tmp)
         try:
             if encoding == ENCODING:
@@ -233,7 +263,10 @@ class Slots:
             tmp.unlink(missing_ok=True)
             raise
         crashpoint("install.before_replace")
-        commit_file(tmp, target)
+        if folder:
+            self._unpack(tmp, target, manifest)
+        else:
+            commit_file(tmp, target)
         if manifest.is_adapter:
             assert base_model is not None
             self._link_base(slot, base_model)
@@ -241,8 +274,31 @@ class Slots:
         else:
             for stale in (self.adapter_path(slot), self.base_envelope_path(slot)):
                 stale.unlink(missing_ok=True)
+            if not folder:
+                shutil.rmtree(self.folder_path(slot), ignore_errors=True)
         crashpoint("install.before_manifest")
         atomic_write(self.manifest_path(slot), envelope, label="slot_manifest")
+
+    def _unpack(self, tar: Path, target: Path, manifest: Manifest) -> None:
+        """The verified canonical tar ``tar`` into the folder ``target`` (replacing an old one), checked
+        by re-packing: the folder must give back exactly the signed bytes. The tar is removed."""
+        staging = target.with_name(target.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            unpack(tar, staging, limit=manifest.size)
+            if packed_sha256(staging) != (manifest.sha256, manifest.size):
+                raise HashMismatchError("the unpacked folder does not re-pack to the signed bytes "
+                                        "(not a canonical tar)")
+            fsync_dir(staging)
+            crashpoint("install.unpacked")
+            shutil.rmtree(target, ignore_errors=True)  # the slot has no manifest: nothing runs from it
+            os.replace(staging, target)
+            fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            tar.unlink(missing_ok=True)
 
     def _link_base(self, slot: str, base_model: Path) -> None:
         """The base model into ``slot`` as a hard link (no second copy on disk; files are only ever

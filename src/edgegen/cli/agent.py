@@ -51,6 +51,10 @@ def run_cmd(
     adapter: Annotated[list[str] | None, typer.Option(
         "--adapter", help="an extra LoRA adapter stream to install and serve on the model's base, picked by "
                           "model name BASE+NAME (multi-LoRA); repeatable (default: none)")] = None,
+    profile: Annotated[str | None, typer.Option(
+        "--profile", help="this device's profile to report (a JSON file `edgegen profile` wrote, or a shipped "
+                          "profile's name): rollouts can then select it with --to profile:NAME or fits "
+                          "(default: none reported)")] = None,
     poll_interval: Annotated[float | None, typer.Option(
         "--poll-interval", help="seconds between polls (default: EDGEGEN_FLEET__POLL_INTERVAL_S)")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="run the Edge server on the active slot")] = True,
@@ -95,8 +99,12 @@ def run_cmd(
         poll_interval_s=poll_interval if poll_interval is not None else fleet.poll_interval_s,
         limits=TrustLimits(max_artifact_bytes=fleet.max_download_bytes),
         health=HealthPolicy(max_latency_s=max_latency or getattr(fleet, "health_max_latency_s", 60.0)),
-        at_rest_key=at_rest_key, adapters=tuple(adapter or ()),
+        at_rest_key=at_rest_key, adapters=tuple(adapter or ()), profile=profile,
     )
+    if profile is not None:
+        from edgegen.plan.profile import profile_json
+
+        profile_json(profile)  # a profile that does not load: one line, exit 2, before anything runs
     edge = (EdgeServer(host or settings.serve.host, settings.serve.port if port is None else port,
                        n_ctx=settings.engine.n_ctx, n_threads=threads or settings.engine.n_threads)
             if serve else NullServer())

@@ -193,14 +193,15 @@ def keys_push_cmd(keys: KeysOpt = None, server: ServerOpt = None, admin_token: T
 
 @fleet_app.command("publish")
 def publish_cmd(
-    artifact: Annotated[Path, typer.Argument(help="the model file (GGUF)")],
+    artifact: Annotated[Path, typer.Argument(
+        help="the model: a GGUF file, or an ONNX Runtime GenAI folder (shipped as one signed canonical tar)")],
     name: Annotated[str, typer.Option("--name", help="model name devices follow")],
     version: Annotated[int | None, typer.Option("--version", help="version number (default: latest + 1)")] = None,
     expires_days: Annotated[float | None, typer.Option(
         "--expires-days", help="manifest lifetime, days (default: EDGEGEN_FLEET__MANIFEST_EXPIRES_DAYS or 90)")] = None,
     to: Annotated[str | None, typer.Option(
-        "--to", help="with --now: ship to 'all' devices of the model at once, or to a group / KEY=VALUE "
-                     "label (a one-stage rollout with the default gates)")] = None,
+        "--to", help="with --now: ship to 'all' devices of the model at once, or to a group, KEY=VALUE "
+                     "label, profile:NAME or fits[:CTX] selector (a one-stage rollout with the default gates)")] = None,
     now: Annotated[bool, typer.Option("--now", help="ship at once to --to (no stages)")] = False,
     base: Annotated[str | None, typer.Option(
         "--base", help="ARTIFACT is a LoRA adapter for this base model: its GGUF file or sha256; devices "

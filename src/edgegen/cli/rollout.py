@@ -94,7 +94,10 @@ def _rollout_view(r: dict[str, Any]) -> list[Any]:
 def rollout_cmd(
     model: Annotated[str, typer.Argument(help="model name devices follow")],
     version: Annotated[int, typer.Argument(help="the published version to roll out")],
-    to: Annotated[str, typer.Option("--to", help="group name, KEY=VALUE label, or 'all'")] = "all",
+    to: Annotated[str, typer.Option(
+        "--to", help="which devices: 'all', a group name, KEY=VALUE (a label), profile:NAME (their reported "
+                     "device profile), fits[:CTX] (the planner says the version fits their RAM at context CTX, "
+                     "default 2048); join terms with ',' (all must hold)")] = "all",
     stages: Annotated[str, typer.Option("--stages", help="cumulative percentages")] = "10,50,100",
     gate: Annotated[list[str] | None, typer.Option(
         "--gate", help=f"{GATE_GRAMMAR}, repeatable. Holds while the metric is at most the threshold, once "

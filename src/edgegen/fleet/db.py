@@ -150,6 +150,8 @@ class Device(Base):
     active_sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str | None] = mapped_column(String(40))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # the device profile it reported (``plan.DeviceProfile`` JSON), for rollouts by profile and by fit
+    profile: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     labels_rows: Mapped[list[DeviceLabel]] = relationship(
         back_populates="device", cascade="all, delete-orphan", lazy="selectin"

@@ -40,6 +40,7 @@ def view(d: Device, desired: int | None, report: LastReport | None, now: datetim
         last_seen_at=d.last_seen_at, last_report=report, now=now, revoked_reason=d.revoked_reason))
     return {
         "id": d.id, "name": d.name, "group": d.group, "labels": d.labels, "model": d.model_name,
+        "profile": (d.profile or {}).get("name"),
         "active_version": d.active_version, "desired_version": desired, "active_sha256": d.active_sha256,
         "status": st.state.value, "status_reason": st.reason, "revoked": d.revoked,
         "last_seen_at": d.last_seen_at.isoformat() if d.last_seen_at else None,

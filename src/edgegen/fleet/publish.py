@@ -1,8 +1,13 @@
 """The publisher's side: build a signed release on this machine and upload it; an admin API client.
 
     build_release(artifact, name=, version=, key=, ...)   hash the artifact, zstd-compress it for
-                                                          transfer, describe it (GGUF architecture and
-                                                          quantization) and sign the manifest
+                                                          transfer, describe it (architecture,
+                                                          quantization, engine, format, the planner's
+                                                          facts) and sign the manifest
+
+An artifact is a GGUF file or an ONNX Runtime GenAI folder. A folder is packed into the canonical tar
+of ``formats.folder_pack``: the manifest's sha256 and size are the tar's, so one signature covers
+every file; it is compressed and delta'd like any file, and the device unpacks it into its A/B slot.
     AdminClient(url, token)                               the admin HTTP API: blobs, versions, root,
                                                           enrolment tokens, devices, revocation, events
 
@@ -12,6 +17,7 @@ Private keys never leave this machine: the control plane receives signed bytes o
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +32,7 @@ from edgegen.errors import FleetError, UserInputError
 from edgegen.fleet.signing import Manifest, SigningKey, Transfer, canonical_json, sign
 
 CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -38,12 +45,32 @@ def sha256_file(path: Path) -> tuple[str, int]:
 
 
 def describe_artifact(path: Path) -> tuple[str, str]:
-    """(architecture, quantization) of a GGUF: the type holding most parameters."""
+    """(architecture, quantization) of a GGUF (the type holding most parameters) or of an ONNX folder
+    (genai_config.json's model type; the planner's storage-type label, e.g. ``INT4+FP32``)."""
+    if Path(path).is_dir():
+        from edgegen.plan.facts import model_facts
+        from edgegen.runtime.ort_engine import read_genai_config
+
+        return str(read_genai_config(path)["model"].get("type", "unknown")), model_facts(path).variant
     from edgegen.formats.gguf_file import describe
 
     s = describe(path)
     quant = Counter(s.types).most_common(1)[0][0] if s.types else "unknown"
     return s.architecture, quant
+
+
+def plan_facts(path: Path) -> dict[str, Any] | None:
+    """The planner's facts about ``path`` for the manifest (None when they cannot be read: an
+    adapter, an architecture the planner does not know)."""
+    from edgegen.plan.facts import model_facts
+
+    try:
+        facts = model_facts(path).to_dict()
+    except Exception as exc:  # facts are an optional extra: a file the planner cannot read ships without them
+        log.info("no planner facts for %s: %s", path, exc)
+        return None
+    facts["path"] = ""  # the publisher's path means nothing on a device
+    return facts
 
 
 def compress_zstd(src: Path, dst: Path, level: int = 3) -> tuple[str, int]:
@@ -78,11 +105,18 @@ def build_release(
     zstd_level: int | None = 3,
     base_sha256: str | None = None,
 ) -> Release:
-    """Sign a manifest for ``artifact``; with ``base_sha256`` the artifact must be a LoRA adapter GGUF
-    and the manifest (kind ``adapter``) binds it to that base model file."""
+    """Sign a manifest for ``artifact`` (a GGUF file, or an ONNX Runtime GenAI folder, packed into
+    ``work_dir`` as a canonical tar); with ``base_sha256`` the artifact must be a LoRA adapter GGUF
+    and the manifest (kind ``adapter``) binds it to that base model file. The manifest records the
+    engine and format that run it and, for models, the planner's facts (rollouts by fit)."""
+    from edgegen.runtime.base import ENGINE_FOR_FORMAT, ModelFormat, detect_format
+
     artifact = Path(artifact)
-    if not artifact.is_file():
-        raise UserInputError(f"no artifact file at {artifact}")
+    if not artifact.exists():
+        raise UserInputError(f"no artifact at {artifact}")
+    # a folder must be an ONNX Runtime GenAI model (InvalidModelError naming what is missing); a file is
+    # a GGUF, read by describe_artifact unless the caller gives architecture and quantization itself
+    fmt = detect_format(artifact) if artifact.is_dir() else ModelFormat.GGUF
     if base_sha256 is not None:
         from edgegen.formats.lora_gguf import adapter_info
 
@@ -91,6 +125,17 @@ def build_release(
         arch, quant = describe_artifact(artifact)
         architecture = architecture if architecture is not None else arch
         quantization = quantization if quantization is not None else quant
+    facts = plan_facts(artifact) if base_sha256 is None else None
+    if artifact.is_dir():
+        from edgegen.formats.folder_pack import pack
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        tmp = work_dir / f"{name}-v{version}.tar.tmp"
+        with open(tmp, "wb") as out:
+            pack(artifact, out)
+        packed = work_dir / f"{name}-v{version}.tar"
+        commit_file(tmp, packed)
+        artifact = packed
     sha, size = sha256_file(artifact)
     transfers: dict[str, Transfer] = {}
     zst: Path | None = None
@@ -103,8 +148,8 @@ def build_release(
     manifest = Manifest(
         name=name, version=version, sha256=sha, size=size, architecture=architecture,
         quantization=quantization, created=now, expires=now + timedelta(days=expires_days), transfers=transfers,
-        engine="llamacpp", format="gguf",  # build_release takes one file, which describe_artifact read as GGUF
-        kind="adapter" if base_sha256 is not None else "model", base_sha256=base_sha256,
+        engine=ENGINE_FOR_FORMAT[fmt].value, format=fmt.value,
+        kind="adapter" if base_sha256 is not None else "model", base_sha256=base_sha256, plan=facts,
     )
     envelope = canonical_json(sign(manifest.to_signed(), [key]))
     return Release(manifest, envelope, artifact, zst)

@@ -5,7 +5,9 @@
                                    default, also for a model with no row) and the released version
                                    devices outside rollouts follow
     release_now(session, model, version)       ``fleet publish --to all --now``: the released version
-    select_devices(session, model, selector)   a group: ``all``, ``key=value`` (a label) or a group name
+    select_devices(session, model, selector, version)   the devices ``selector`` names (``fleet.targeting``:
+                                               ``all``, ``key=value``, ``profile:NAME``, ``fits[:CTX]``,
+                                               a group; "," joins terms)
     create_rollout(session, spec, now)         validate and snapshot the group -> ``Rollout``
     rollout_resolver(session, device)          Fleet I's ``DesiredResolver`` seam, rollout-aware
     adapter_resolver(session, device, name)    the version of an extra LoRA adapter stream a device
@@ -224,15 +226,32 @@ def adapter_resolver(session: Session, device: Device, name: str) -> ModelVersio
 # ---- creation ----------------------------------------------------------------------------------
 
 
-def select_devices(session: Session, model: str, selector: str) -> list[Device]:
+def select_devices(session: Session, model: str, selector: str, version: int | None = None,
+                   left_out: dict[str, str] | None = None) -> list[Device]:
+    """The devices following ``model`` that ``selector`` names (``fleet.targeting``); ``fits`` plans
+    against ``version``'s signed facts. ``left_out`` collects device id -> why it was not selected."""
+    from edgegen.fleet.signing import Manifest, load_envelope
+    from edgegen.fleet.targeting import Target, match, parse_selector
+
+    sel = parse_selector(selector)
+    facts = None
+    if sel.needs_facts:
+        row = get_version(session, model, version) if version is not None else None
+        if row is None:
+            raise InvalidRolloutError(f"selecting by fit needs a published version of {model}")
+        facts = Manifest.from_signed(load_envelope(row.envelope.encode(), "manifest")["signed"]).plan
+        if facts is None:
+            raise InvalidRolloutError(f"{model} v{version}'s manifest carries no planner facts (an adapter, or "
+                                      "published before manifests had them): select devices another way")
     q = select(Device).where(Device.model_name == model, Device.revoked_at.is_(None))
-    devices = list(session.scalars(q))
-    if selector in ("all", "*"):
-        return devices
-    if "=" in selector:
-        key, _, value = selector.partition("=")
-        return [d for d in devices if d.labels.get(key.strip()) == value.strip()]
-    return [d for d in devices if d.group == selector]
+    out = []
+    for d in session.scalars(q):
+        ok, why = match(sel, Target(d.group, d.labels, d.profile), facts)
+        if ok:
+            out.append(d)
+        elif left_out is not None:
+            left_out[d.id] = why
+    return out
 
 
 @dataclass(frozen=True)
@@ -276,9 +295,12 @@ def precheck(session: Session, model: str, version: int, group: str) -> tuple[li
     if active:
         raise InvalidRolloutError(
             f"{model} already has rollout {active[0].id} {active[0].state.value}; pause or abort it first.")
-    devices = select_devices(session, model, group)
+    left_out: dict[str, str] = {}
+    devices = select_devices(session, model, group, version, left_out)
     if not devices:
-        raise InvalidRolloutError(f"no enrolled device in group {group!r} follows {model}.")
+        why = "; ".join(f"{d}: {r}" for d, r in sorted(left_out.items())[:5])
+        raise InvalidRolloutError(f"no enrolled device in group {group!r} follows {model}."
+                                  + (f" Left out: {why}" if why else ""))
     set_staged(session, model, True, below=version)  # from now on, versions ship by rollout
     baseline = {d.id: desired_number(session, d) for d in devices}
     check_newer(model, version, devices, baseline)

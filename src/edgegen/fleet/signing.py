@@ -297,6 +297,7 @@ class Manifest:
     format: str = ""  # optional: the artifact's format (gguf | onnx); signed when set
     kind: str = "model"  # "model" or "adapter" (a LoRA GGUF that applies to exactly one base)
     base_sha256: str | None = None  # adapters: the sha256 of the base model file it was made for
+    plan: dict[str, Any] | None = None  # optional: the planner's facts (``plan.ModelFacts.to_dict``); signed when set
 
     @property
     def is_adapter(self) -> bool:
@@ -320,6 +321,9 @@ class Manifest:
             if not isinstance(td, dict):
                 raise MetadataFormatError("manifest: bad transfers entry")
             transfers[enc] = Transfer(_field(td, "sha256", str, "transfer"), _field(td, "size", int, "transfer"))
+        plan = d.get("plan")
+        if plan is not None and not isinstance(plan, dict):
+            raise MetadataFormatError("manifest: plan must be an object")
         version = _field(d, "version", int, "manifest")
         size = _field(d, "size", int, "manifest")
         if version < 1 or size < 0:
@@ -330,7 +334,7 @@ class Manifest:
             created=parse_time(_field(d, "created", str, "manifest")),
             expires=parse_time(_field(d, "expires", str, "manifest")), transfers=transfers,
             engine=str(d.get("engine", "")), format=str(d.get("format", "")),
-            kind=kind, base_sha256=base,
+            kind=kind, base_sha256=base, plan=plan,
         )
 
     def to_signed(self) -> dict[str, Any]:
@@ -341,7 +345,8 @@ class Manifest:
             "expires": format_time(self.expires),
             "transfers": {k: {"sha256": t.sha256, "size": t.size} for k, t in sorted(self.transfers.items())},
             **({"kind": ADAPTER, "base_sha256": self.base_sha256} if self.is_adapter else {}),
-        } | ({"engine": self.engine} if self.engine else {}) | ({"format": self.format} if self.format else {})
+        } | ({"engine": self.engine} if self.engine else {}) | ({"format": self.format} if self.format else {}) | (
+            {"plan": self.plan} if self.plan is not None else {})
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,25 @@ class ModelFacts:
     def n_weights_read(self) -> int:
         return sum(self.weights_read.values())
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready (what a signed manifest carries, so a control plane can plan without the file)."""
+        return {"path": self.path, "format": self.format.value, "engine": self.engine.value,
+                "weight_bytes": self.weight_bytes, "weights_read": dict(sorted(self.weights_read.items())),
+                "n_layers": self.n_layers, "n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim,
+                "n_vocab": self.n_vocab, "n_ctx_train": self.n_ctx_train, "n_params": self.n_params}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ModelFacts:
+        """The inverse of ``to_dict``; ``InvalidModelError`` naming the field that is missing or wrong."""
+        try:
+            ints = {k: int(d[k]) for k in ("weight_bytes", "n_layers", "n_kv_heads", "head_dim", "n_vocab",
+                                            "n_ctx_train", "n_params")}  # type: ignore[call-overload]
+            read = {str(k): int(v) for k, v in dict(d["weights_read"]).items()}  # type: ignore[call-overload]
+            return cls(path=str(d.get("path", "")), format=ModelFormat(d["format"]), engine=EngineKind(d["engine"]),
+                       weights_read=read, **ints)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidModelError(f"model facts are incomplete or malformed: {exc!r}") from exc
+
     @property
     def variant(self) -> str:
         """The storage types, largest first: a short label such as ``Q4_K+Q6_K`` or ``INT4+FP32``."""

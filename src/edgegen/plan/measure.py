@@ -153,8 +153,9 @@ def measure_profile(models: Sequence[Path], *, name: str, threads: int = 1, repe
     runs = []
     for i, m in enumerate(models):
         facts = model_facts(m)
-        runs.append((facts, measure_run(m, n_ctx=long_prompt + 64, threads=threads, repeats=repeats,
-                                        long_prompt=long_prompt)))
+        # the long prompt and its generated tokens must fit the model's trained context (engines cap n_ctx there)
+        lp = min(long_prompt, facts.n_ctx_train - 64) if facts.n_ctx_train else long_prompt
+        runs.append((facts, measure_run(m, n_ctx=lp + 64, threads=threads, repeats=repeats, long_prompt=max(lp, 0))))
         if progress:
             progress(i + 1, len(models))
     measured = [r["energy"] for _, r in runs if r.get("energy")]

@@ -178,6 +178,12 @@ def builtin_profiles() -> list[str]:
 
 def load_profile(spec: str | Path) -> DeviceProfile:
     """A profile from a JSON path, or the name of a shipped one (``builtin_profiles()``)."""
+    return profile_json(spec)[1]
+
+
+def profile_json(spec: str | Path) -> tuple[dict[str, Any], DeviceProfile]:
+    """(the JSON as written, the checked ``DeviceProfile``) of a path or a shipped profile's name;
+    ``InvalidProfileError`` for a missing, unreadable or incomplete one."""
     path = Path(spec)
     if not path.exists() and (BUILTIN_DIR / f"{spec}.json").is_file():
         path = BUILTIN_DIR / f"{spec}.json"
@@ -188,4 +194,4 @@ def load_profile(spec: str | Path) -> DeviceProfile:
             f"no profile {spec}: give a JSON file or one of {', '.join(builtin_profiles())}") from None
     except (OSError, ValueError) as exc:
         raise InvalidProfileError(f"cannot read the profile {path}: {exc}") from exc
-    return profile_from_dict(data, str(path))
+    return data, profile_from_dict(data, str(path))

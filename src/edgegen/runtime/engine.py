@@ -7,6 +7,9 @@
     chat_prompt(messages)       -> the model's own chat template applied to messages
     logits(tokens)              -> [n_tokens, n_vocab] float32, a fresh context each call (for eval)
 
+The generation loop (stops, seeds, logprobs, cancellation) is ``runtime.generate.TokenLoop``,
+shared with the ONNX Runtime engine; this module gives it llama.cpp's sampled tokens. ``SamplingParams``,
+``Token``, ``StreamStats`` and ``Completion`` are re-exported from there.
 Sampling state belongs to one call: the seed (drawn fresh from ``seed_source`` when a call names
 none), temperature, top-p, stops and grammar of a call never reach the next one.
 
@@ -17,14 +20,11 @@ This module does not download, convert or quantize anything.
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
-import os
 import random
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,80 +32,22 @@ import numpy as np
 
 from edgegen.errors import ChatTemplateError, ContextOverflowError, EngineError, InvalidModelError
 from edgegen.formats.gguf_file import context_length, validate_gguf
-from edgegen.runtime.stops import StopFilter
+from edgegen.runtime.generate import (  # re-exported: callers import the call's values from here too
+    Completion,
+    Decoder,
+    SamplingParams,
+    StreamStats,
+    Token,
+    TokenLoop,
+    default_threads,
+)
+
+__all__ = ["Completion", "Engine", "SamplingParams", "StreamStats", "Token", "default_threads"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 256
-    temperature: float = 0.8  # 0 means greedy
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False  # compute each sampled token's log-probability (costs a softmax per token)
-    ignore_eos: bool = False  # benchmarks: keep decoding past end-of-generation tokens
-    top_logprobs: int = 0  # also report this many likeliest alternatives per token (implies logprobs)
-    grammar: str | None = None  # GBNF text (llama.cpp grammar) the output must match; this call only
-
-    @classmethod
-    def greedy(cls, max_tokens: int = 256, **kw: Any) -> SamplingParams:
-        return cls(max_tokens=max_tokens, temperature=0.0, top_k=1, top_p=1.0, min_p=0.0, **kw)
-
-
-@dataclass(frozen=True)
-class Token:
-    id: int
-    text: str  # the new text this token adds (may be "" while a UTF-8 sequence or stop prefix is pending)
-    logprob: float | None = None
-    top: tuple[tuple[int, float], ...] = ()  # the likeliest (token id, logprob) pairs, best first
-    entropy: float | None = None  # of the distribution it was sampled from, in nats (with logprobs)
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length"
-    ttft_s: float  # prompt submitted -> first token sampled
-    total_s: float
-    token_logprobs: list[float] = field(default_factory=list)
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        gen = self.total_s - self.ttft_s
-        return (self.completion_tokens - 1) / gen if self.completion_tokens > 1 and gen > 0 else 0.0
-
-
-@dataclass
-class StreamStats:
-    """Filled in while a stream runs; read it after the iterator is exhausted or closed."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    ttft_s: float | None = None
-    total_s: float = 0.0
-    token_logprobs: list[float] = field(default_factory=list)
-    seed: int | None = None  # the seed this call sampled with (drawn when the call named none)
-
-
-def default_threads() -> int:
-    try:
-        import psutil
-
-        n = psutil.cpu_count(logical=False)
-    except Exception:  # pragma: no cover - psutil missing or unsupported platform
-        n = None
-    return max(1, n or os.cpu_count() or 1)
-
-
-class Engine:
+class Engine(TokenLoop):
     def __init__(
         self,
         model_path: str | Path,
@@ -234,43 +176,24 @@ class Engine:
             return ""
         return self._llm._model.token_get_text(tok)
 
-    # ---- generation ---------------------------------------------------------------------------
+    def chat_tokens(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
+        """The rendered chat prompt as tokens (BOS added unless the template wrote it) and its stops."""
+        prompt, stops = self.chat_prompt(messages)
+        return self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self)), stops
 
-    def _prepare(self, prompt: str | Sequence[int], max_tokens: int) -> list[int]:
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not tokens:
-            tokens = [self.bos_id]
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"prompt of {len(tokens)} tokens does not fit the context window of {self.n_ctx}"
-            )
-        return tokens
+    # ---- generation (the loop itself is ``runtime.generate.TokenLoop.stream``) -----------------
 
-    def stream(
-        self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(),
-        stats: StreamStats | None = None,
-    ) -> Iterator[Token]:
-        """Yield tokens as they are sampled. Stops at EOS, a stop string, max_tokens or the context end."""
-        stats = stats if stats is not None else StreamStats()
-        tokens = self._prepare(prompt, params.max_tokens)
-        stats.prompt_tokens = len(tokens)
-        budget = min(params.max_tokens, self.n_ctx - len(tokens))
-        # llama-cpp-python keeps the last seed on the Llama object: set one for every call, so a seeded
-        # call never fixes the output of the unseeded calls after it (0xFFFFFFFF means "random" to llama.cpp).
-        seed = params.seed if params.seed is not None else self._seeds.randrange(0xFFFFFFFF)
+    def _empty_prompt(self) -> int:
+        return self.bos_id
+
+    def _decode(self, tokens: list[int], params: SamplingParams, seed: int, budget: int) -> Decoder:
+        """llama.cpp samples (its sampler chain, grammar included); the logits row of the token just
+        sampled is still the context's last row (llama-cpp-python 0.3 keeps ``scores`` only with
+        logits_all=True, so it is read from the context itself)."""
+        # llama-cpp-python keeps the last seed on the Llama object: every call sets its own
         self._llm.set_seed(seed)
-        stats.seed = seed
-        want_top = params.top_logprobs
-        want_lp = params.logprobs or want_top > 0
         greedy = params.temperature <= 0
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopFilter(params.stop)
-        t0 = time.perf_counter()
-        stats.finish_reason = "length"
-        if budget <= 0:
-            stats.total_s = time.perf_counter() - t0
-            return
-        gen = self._llm.generate(
+        ids = self._llm.generate(
             tokens,
             top_k=1 if greedy else params.top_k,
             top_p=1.0 if greedy else params.top_p,
@@ -278,91 +201,22 @@ class Engine:
             temp=0.0 if greedy else params.temperature,
             repeat_penalty=params.repeat_penalty,
             reset=True,
-            grammar=self._grammar(params.grammar) if params.grammar else None,
-        )
-        try:
-            piece_of = self._token_bytes
-            for tok in gen:
-                if stats.ttft_s is None:
-                    stats.ttft_s = time.perf_counter() - t0
-                if tok in self._eog and not params.ignore_eos:
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
-                lp, top, ent = self._last_logprobs(tok, want_top) if want_lp else (None, (), None)
-                if lp is not None:
-                    stats.token_logprobs.append(lp)
-                text = stops.push(decoder.decode(piece_of(tok)))
-                if stops.stopped:
-                    stats.finish_reason = "stop"
-                    if text:
-                        yield Token(tok, text, lp, top, ent)
-                    break
-                yield Token(tok, text, lp, top, ent)
-                if stats.completion_tokens >= budget:
-                    break
-            tail = stops.flush() + decoder.decode(b"", final=True)
-            if stops.stopped:
-                stats.finish_reason = "stop"
-            if tail:
-                yield Token(-1, tail)
-        finally:
-            gen.close()
-            stats.total_s = time.perf_counter() - t0
-
-    def complete(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams()) -> Completion:
-        stats = StreamStats()
-        text = "".join(t.text for t in self.stream(prompt, params, stats))
-        return Completion(
-            text=text,
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            finish_reason=stats.finish_reason or "length",
-            ttft_s=stats.ttft_s or 0.0,
-            total_s=stats.total_s,
-            token_logprobs=stats.token_logprobs,
+            grammar=self._grammar(params) if params.grammar or params.constraint else None,
         )
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
-        """The rendered chat prompt as tokens (BOS added unless the template wrote it) and its stops."""
-        prompt, stops = self.chat_prompt(messages)
-        return self.tokenize(prompt, add_bos=not _starts_with_bos(prompt, self)), stops
+        def last_row() -> np.ndarray:
+            ptr = self._llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
+            return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))  # [n_vocab]
 
-    def chat(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams()) -> Completion:
-        tokens, stops = self.chat_tokens(messages)
-        return self.complete(tokens, _with_stops(params, stops))
+        return ids, last_row
 
-    def chat_stream(
-        self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams(),
-        stats: StreamStats | None = None,
-    ) -> Iterator[Token]:
-        tokens, stops = self.chat_tokens(messages)
-        return self.stream(tokens, _with_stops(params, stops), stats)
-
-    def _last_logprobs(self, tok: int, k: int = 0) -> tuple[float, tuple[tuple[int, float], ...], float]:
-        """log p(tok) under the model's raw distribution (before grammar, top-k/p and temperature, as
-        OpenAI reports them), the ``k`` likeliest (id, logprob) pairs, best first, and the
-        distribution's entropy in nats."""
-        # The logits ``tok`` was sampled from are still the context's last row: llama-cpp-python
-        # 0.3 keeps ``scores`` only with logits_all=True, so read them from the context itself.
-        import llama_cpp
-
-        ptr = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
-        row = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
-        m = float(row.max())
-        logz = m + float(np.log(np.exp(row - m).sum()))
-        top: tuple[tuple[int, float], ...] = ()
-        if k > 0:
-            best = np.argpartition(-row, k - 1)[:k] if k < self.n_vocab else np.arange(self.n_vocab)
-            best = best[np.argsort(-row[best], kind="stable")]
-            top = tuple((int(i), float(row[i] - logz)) for i in best)
-        logp = row - logz
-        entropy = float(-(np.exp(logp) * logp).sum())
-        return float(row[tok] - logz), top, entropy
-
-    def _grammar(self, gbnf: str) -> Any:
+    def _grammar(self, params: SamplingParams) -> Any:
+        """The call's GBNF grammar, or its ``Constraint`` compiled to GBNF (``runtime.constraint``)."""
         from llama_cpp.llama_grammar import LlamaGrammar
 
+        from edgegen.runtime.constraint import to_gbnf
+
+        gbnf = params.grammar or to_gbnf(params.constraint)  # type: ignore[arg-type]
         return LlamaGrammar.from_string(gbnf, verbose=False)
 
     def token_bytes(self, tok: int) -> bytes:
@@ -440,12 +294,6 @@ def _llama_class() -> Any:
 
         _LLAMA_CLASS = _Llama
     return _LLAMA_CLASS
-
-
-def _with_stops(params: SamplingParams, extra: tuple[str, ...]) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, stop=tuple(dict.fromkeys(params.stop + extra)))
 
 
 def _starts_with_bos(prompt: str, engine: Engine) -> bool:

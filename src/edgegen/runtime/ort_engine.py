@@ -9,7 +9,8 @@ ONNX Runtime computes the logits; edgegen samples from them (``sample_token``), 
 share one definition of temperature, top-k, top-p (nucleus), min-p, repeat penalty and seeds, and
 log-probabilities are read from the very logits a token was sampled from. The sampler chain is
 llama.cpp's default order: repeat penalty -> top-k -> top-p -> min-p -> temperature -> draw.
-GBNF grammars (a llama.cpp format) are refused with ``InvalidRequestError``.
+GBNF grammars (a llama.cpp format) are refused with ``InvalidRequestError``; a ``Constraint`` (JSON
+Schema shapes, ``runtime.constraint``) runs through ONNX Runtime GenAI's guidance (llguidance).
 
 Not thread-safe; one generator per call (no prompt cache: ``reset`` has nothing to forget).
 Closing a stream's iterator frees its generator at once. This module does not export models.
@@ -17,7 +18,6 @@ Closing a stream's iterator frees its generator at once. This module does not ex
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import random
@@ -37,8 +37,8 @@ from edgegen.errors import (
     UserInputError,
 )
 from edgegen.runtime.base import GENAI_CONFIG
-from edgegen.runtime.engine import Completion, SamplingParams, StreamStats, Token, default_threads
-from edgegen.runtime.stops import StopFilter
+from edgegen.runtime.constraint import to_lark
+from edgegen.runtime.generate import Decoder, SamplingParams, TokenLoop, default_threads
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,16 @@ def sample_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Gene
     return int(idx[rng.choice(idx.size, p=w / w.sum())])
 
 
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    m = float(x.max())
-    return x - m - np.log(np.exp(x - m).sum())
+def guided_search(params: SamplingParams, seed: int) -> dict[str, Any]:
+    """ONNX Runtime GenAI search options equivalent to ``params`` (greedy when temperature <= 0)."""
+    if params.temperature <= 0:
+        return {"do_sample": False, "repetition_penalty": params.repeat_penalty}
+    return {"do_sample": True, "temperature": params.temperature, "top_k": params.top_k if params.top_k > 0 else 0,
+            "top_p": params.top_p, "repetition_penalty": params.repeat_penalty,
+            "random_seed": seed & 0x7FFFFFFF}
 
 
-class OrtEngine:
+class OrtEngine(TokenLoop):
     """An ONNX Runtime GenAI model folder behind the ``TextEngine`` interface (see the module docstring).
 
     ``n_ctx`` is capped at the config's ``context_length``; ``n_threads`` sets ONNX Runtime's
@@ -146,6 +149,7 @@ class OrtEngine:
         self._special = _special_tokens(self.path, self._tokenizer_config)
         self._bytes: dict[int, bytes] | None = None  # token_bytes' table, built on first use
         self._adds_bos = self._bos >= 0 and _source_adds_bos(self.path, self._tokenizer_config, self._bos)
+        self._plain: Any = None  # tokenizers.Tokenizer for special=False, loaded on first use
         self._seeds = seed_source or random.SystemRandom()
         self._closed = False
 
@@ -154,14 +158,39 @@ class OrtEngine:
     def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
         """Token ids as the source's Hugging Face tokenizer makes them: with ``add_bos``, BOS leads when
         the source adds one (its ``add_bos_token`` or its post-processor template), as llama.cpp does
-        from GGUF metadata. Special tokens written in ``text`` are always parsed."""
-        ids = [int(t) for t in self._tok.encode(text)]
+        from GGUF metadata. With ``special`` (llama.cpp's ``parse_special``), special tokens written in
+        ``text`` (``<|im_end|>``) become their ids; without it they are tokenized as the plain text
+        they are, as llama.cpp does for user text. ONNX Runtime GenAI's tokenizer always parses them,
+        so plain text goes through Hugging Face ``tokenizers`` (the same tokenizer.json) with
+        ``encode_special_tokens`` (only when ``text`` holds a special token's written form: text without
+        one is the same either way). Raises ``EngineNotInstalledError`` if ``tokenizers`` is missing."""
+        if special or not any(s and s in text for s in self._special.values()):
+            ids = [int(t) for t in self._tok.encode(text)]
+        else:
+            ids = list(self._plain_tokenizer().encode(text, add_special_tokens=False).ids)
         bos_text = self._piece(self._bos)
         if ids and ids[0] == self._bos and not (bos_text and text.startswith(bos_text)):
             ids = ids[1:]  # a BOS the tokenizer library added itself: decided below, once
         if add_bos and self._adds_bos and (not ids or ids[0] != self._bos):
             ids.insert(0, self._bos)
         return ids
+
+    def _plain_tokenizer(self) -> Any:
+        """tokenizer.json in ``tokenizers``, with special tokens matched as text; loaded on first use."""
+        if self._plain is None:
+            try:
+                from tokenizers import Tokenizer
+            except ImportError as exc:
+                raise EngineNotInstalledError(
+                    "tokenizing text with special=False on the ONNX Runtime engine needs the tokenizers "
+                    "package: pip install 'edgegen[onnx]'") from exc
+            try:
+                tk = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            except Exception as exc:  # tokenizers raises Exception subclasses of its own
+                raise InvalidModelError(f"{self.path / 'tokenizer.json'} cannot be read by tokenizers: {exc}") from exc
+            tk.encode_special_tokens = True
+            self._plain = tk
+        return self._plain
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._tok.decode(np.asarray(list(tokens), dtype=np.int32))
@@ -217,101 +246,71 @@ class OrtEngine:
             self._bytes = _vocab_bytes(self.path, set(self._special))
         return self._bytes.get(tok, b"") if tok >= 0 else b""
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], tuple[str, ...]]:
+    def chat_tokens(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
         prompt, stops = self.chat_prompt(messages)
         return self.tokenize(prompt, add_bos=True), stops
 
     # ---- generation ---------------------------------------------------------------------------
 
-    def _generator(self, capacity: int) -> Any:
-        params = self._og.GeneratorParams(self._model)
-        params.set_search_options(max_length=capacity, batch_size=1)
-        return self._og.Generator(self._model, params)
+    def _generator(self, capacity: int, guidance: tuple[str, str] | None = None,
+                   search: dict[str, Any] | None = None) -> Any:
+        gp = self._og.GeneratorParams(self._model)
+        gp.set_search_options(max_length=capacity, batch_size=1, **(search or {}))
+        if guidance is not None:
+            try:
+                gp.set_guidance(*guidance)
+            except Exception as exc:  # onnxruntime_genai raises RuntimeError with llguidance's message
+                raise InvalidRequestError(f"ONNX Runtime GenAI refused the {guidance[0]} constraint: {exc}") from exc
+        return self._og.Generator(self._model, gp)
 
-    def stream(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams(),
-               stats: StreamStats | None = None) -> Iterator[Token]:
-        """Yield tokens as they are sampled; stops at EOS, a stop string, max_tokens or the context end."""
-        if getattr(params, "grammar", None):
-            raise InvalidRequestError("the ONNX Runtime engine does not run GBNF grammars (use a GGUF model)")
-        stats = stats if stats is not None else StreamStats()
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if not tokens:
-            tokens = [self._bos if self._bos >= 0 else self._eos]
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(
-                f"prompt of {len(tokens)} tokens does not fit the context window of {self.n_ctx}")
-        stats.prompt_tokens = len(tokens)
-        budget = min(params.max_tokens, self.n_ctx - len(tokens))
-        seed = params.seed if params.seed is not None else self._seeds.randrange(0xFFFFFFFF)
-        if hasattr(stats, "seed"):
-            stats.seed = seed
-        rng = np.random.default_rng(seed)
-        want_top = int(getattr(params, "top_logprobs", 0) or 0)
-        want_lp = params.logprobs or want_top > 0
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopFilter(params.stop)
-        stats.finish_reason = "length"
-        t0 = time.perf_counter()
-        if budget <= 0:
-            stats.total_s = time.perf_counter() - t0
-            return
-        history = list(tokens)
-        gen = self._generator(len(tokens) + budget)
-        try:
-            gen.append_tokens(np.asarray(tokens, dtype=np.int32))
-            while True:
-                row = gen.get_logits().reshape(-1)[-self.n_vocab:]  # [n_vocab], the last position
-                tok = sample_token(row, params, rng, history if params.repeat_penalty != 1.0 else ())
-                if stats.ttft_s is None:
-                    stats.ttft_s = time.perf_counter() - t0
-                if tok in self._eog and not params.ignore_eos:
-                    stats.finish_reason = "stop"
-                    break
-                stats.completion_tokens += 1
-                lp: float | None = None
-                extra: dict[str, Any] = {}
-                if want_lp:
-                    ls = log_softmax(row)
-                    lp = float(ls[tok])
-                    stats.token_logprobs.append(lp)
-                    if want_top:
-                        top = np.argsort(-ls, kind="stable")[:want_top]
-                        extra["top"] = tuple((int(t), float(ls[t])) for t in top)
-                text = stops.push(decoder.decode(self.token_bytes(tok)))
-                if stops.stopped:
-                    stats.finish_reason = "stop"
-                    if text:
-                        yield Token(tok, text, lp, **extra)
-                    break
-                yield Token(tok, text, lp, **extra)
-                if stats.completion_tokens >= budget:
-                    break
-                history.append(tok)
-                gen.append_tokens(np.asarray([tok], dtype=np.int32))
-            tail = stops.flush() + decoder.decode(b"", final=True)
-            if stops.stopped:
-                stats.finish_reason = "stop"
-            if tail:
-                yield Token(-1, tail)
-        finally:
-            del gen
-            stats.total_s = time.perf_counter() - t0
+    def _empty_prompt(self) -> int:
+        return self._bos if self._bos >= 0 else self._eos
 
-    def complete(self, prompt: str | Sequence[int], params: SamplingParams = SamplingParams()) -> Completion:
-        stats = StreamStats()
-        text = "".join(t.text for t in self.stream(prompt, params, stats))
-        return Completion(text=text, prompt_tokens=stats.prompt_tokens, completion_tokens=stats.completion_tokens,
-                          finish_reason=stats.finish_reason or "length", ttft_s=stats.ttft_s or 0.0,
-                          total_s=stats.total_s, token_logprobs=stats.token_logprobs)
+    def _check(self, params: SamplingParams) -> None:
+        if params.grammar:
+            raise InvalidRequestError(
+                "the ONNX Runtime engine does not run GBNF grammars (a llama.cpp format); it constrains "
+                "output by JSON Schema (response_format json_object/json_schema, and tools): use those, "
+                "or a GGUF model")
 
-    def chat(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams()) -> Completion:
-        tokens, stops = self.chat_tokens(messages)
-        return self.complete(tokens, _with_stops(params, stops))
+    def _decode(self, tokens: list[int], params: SamplingParams, seed: int, budget: int) -> Decoder:
+        """ONNX Runtime computes each position's logits; ``sample_token`` draws from them with a
+        NumPy generator seeded by ``seed``. A call with a ``constraint`` is constrained by ONNX Runtime
+        GenAI's guidance (llguidance, ``GeneratorParams.set_guidance`` with the constraint compiled to
+        Lark by ``runtime.constraint.to_lark``), which masks the logits inside
+        ``generate_next_token``: ONNX Runtime then samples (its temperature, top-k, top-p, repetition
+        penalty and ``random_seed``; min-p is not applied). ONNX Runtime's generator lives inside the
+        id iterator: closing the iterator frees it at once."""
+        row: list[np.ndarray] = []
+        guided = params.constraint is not None
 
-    def chat_stream(self, messages: Sequence[dict[str, str]], params: SamplingParams = SamplingParams(),
-                    stats: StreamStats | None = None) -> Iterator[Token]:
-        tokens, stops = self.chat_tokens(messages)
-        return self.stream(tokens, _with_stops(params, stops), stats)
+        def ids() -> Iterator[int]:
+            history = list(tokens)
+            if guided:
+                gen = self._generator(len(tokens) + budget, ("lark_grammar", to_lark(params.constraint)),
+                                      guided_search(params, seed))
+            else:
+                gen = self._generator(len(tokens) + budget)
+            rng = np.random.default_rng(seed)
+            try:
+                gen.append_tokens(np.asarray(tokens, dtype=np.int32))
+                while True:
+                    last = gen.get_logits().reshape(-1)[-self.n_vocab:]  # [n_vocab], raw: before guidance
+                    row[:] = [last]
+                    if guided:
+                        gen.generate_next_token()
+                        tok = int(gen.get_next_tokens()[0])
+                        yield tok
+                        continue
+                    tok = sample_token(last, params, rng, history if params.repeat_penalty != 1.0 else ())
+                    yield tok
+                    history.append(tok)
+                    gen.append_tokens(np.asarray([tok], dtype=np.int32))
+            finally:
+                row.clear()
+                del gen
+
+        return ids(), lambda: row[0]
 
     def reset(self) -> None:
         """Nothing to forget: every call starts a fresh generator."""
@@ -416,9 +415,3 @@ def _source_adds_bos(folder: Path, tokenizer_config: dict[str, Any], bos: int) -
             ids = (proc.get("special_tokens", {}).get(first) or {}).get("ids", [])
             return bool(ids) and ids[0] == bos
     return False
-
-
-def _with_stops(params: SamplingParams, extra: tuple[str, ...]) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, stop=tuple(dict.fromkeys(params.stop + extra)))

@@ -177,7 +177,9 @@ def create_app(model: str | Path | Callable[[], Engine] | None, config: ServerCo
             chat = body.to_chat()
         except ValidationError as exc:
             first = exc.errors()[0] if exc.errors() else {"msg": "invalid request"}
-            return error_response(400, f"text.format: {first.get('msg')}", param="text.format")
+            where = "tools" if any("tool" in str(x) for x in first.get("loc", ())) or "tool" in str(
+                first.get("msg")) else "text.format"
+            return error_response(400, f"{where}: {first.get('msg')}", param=where)
         return await server.generate(request, chat, responses=body)
 
     return app

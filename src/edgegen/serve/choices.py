@@ -8,8 +8,9 @@ Choices run one after another on the one engine (a device has one context); choi
 request's seed + i when it has a seed, else with a fresh seed of its own. Logprobs are OpenAI's: for
 chat ``{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}``, for completions the legacy
 ``{"tokens", "token_logprobs", "top_logprobs", "text_offset"}``. With tools, a reply that is a call
-becomes ``tool_calls`` (finish "tool_calls"); when streaming, a reply that starts with "{" is held back
-until it ends, then sent as tool-call deltas (or as text if it did not parse as a call).
+becomes ``tool_calls`` (finish "tool_calls"), one entry per call (parallel calls); when streaming, a reply
+that starts like a call ("{", "[" or ``<tool_call>``) is held back until it ends, then sent as tool-call
+deltas, call by call with their index (or as text if it did not parse as calls).
 This module does no I/O.
 """
 
@@ -131,9 +132,9 @@ class Assembled:
                 continue
             message: dict[str, Any] = {"role": "assistant", "content": text}
             reason = c.finish_reason
-            call = structured.parse_tool_call(text, self.p.tools) if self.p.tools else None
-            if call is not None:
-                message = {"role": "assistant", "content": None, "tool_calls": [call.as_openai()]}
+            calls = structured.parse_tool_calls(text, self.p.tools, self.p.syntax) if self.p.tools else None
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": [c.as_openai() for c in calls]}
                 reason = "tool_calls"
             out.append({"index": i, "message": message, "finish_reason": reason, "logprobs": lp})
         return out
@@ -177,7 +178,7 @@ class StreamAssembler:
             return out
         if self._mode is None:
             self._held.append(tok.text)
-            self._mode = structured.looks_like_call("".join(self._held))
+            self._mode = structured.looks_like_call("".join(self._held), self.p.syntax)
             if self._mode is False:
                 out += self._text(item.index, "".join(self._held))
                 self._held = []
@@ -192,9 +193,10 @@ class StreamAssembler:
         reason = end.finish_reason
         if self._held:
             text = "".join(self._held)
-            call = structured.parse_tool_call(text, self.p.tools) if self._mode else None
-            if call is not None:
-                out += self.w.tool_call(call.as_openai(), end.index)
+            calls = structured.parse_tool_calls(text, self.p.tools, self.p.syntax) if self._mode else None
+            if calls:
+                for k, call in enumerate(calls):
+                    out += self.w.tool_call(call.as_openai(), end.index, call_index=k)
                 reason = "tool_calls"
             else:
                 out += self._text(end.index, text)

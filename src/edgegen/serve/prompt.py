@@ -2,7 +2,7 @@
 
 Runs off the event loop (templates and tokenization of long prompts take milliseconds) but outside
 the engine's worker: it only reads the vocabulary and chat template, which llama.cpp allows from
-any thread. It also turns ``response_format`` and ``tools`` into a grammar (see ``structured``), so an
+any thread. It also turns ``response_format`` and ``tools`` into a ``Constraint`` (see ``structured``), so an
 invalid one is a 400 before any queueing. It decides what the device can serve: a prompt that does
 not fit the context raises ``ContextOverflowError`` (the caller answers 400 or forwards upstream)
 and a request the engine cannot run raises ``InvalidRequestError``. It does not generate.
@@ -34,6 +34,7 @@ class Prepared:
     top_logprobs: int | None = None  # None: no logprobs; k: logprobs with k alternatives per token
     tools: list[Tool] = field(default_factory=list)  # tools the reply may call (parsed into tool_calls)
     headers: dict[str, str] = field(default_factory=dict)  # response headers that say how it was prepared
+    syntax: structured.ToolSyntax = structured.ToolSyntax.JSON  # how the model writes tool calls
 
     def choice_params(self, index: int) -> SamplingParams:
         """Choice ``index``'s parameters: a seeded request gives choice i the seed + i."""
@@ -51,21 +52,24 @@ def prepare(engine: Engine, req: ChatCompletionRequest | CompletionRequest,
     params = sampling_params(req, engine.n_ctx, base)
     echo = ""
     tools: list[Tool] = []
+    syntax = structured.ToolSyntax.JSON
     headers: dict[str, str] = {}
     top = req.top_k_logprobs()
     if top is not None:
         params = replace(params, logprobs=True, top_logprobs=top)
     if isinstance(req, ChatCompletionRequest):
         tools = structured.active_tools(req.tools, req.tool_choice)
-        grammar = structured.response_grammar(req.response_format)
+        constraint = structured.response_constraint(req.response_format)
+        parallel = req.parallel_tool_calls is not False  # OpenAI's default: several calls may come at once
+        syntax = structured.tool_syntax(engine.chat_template)
         if tools:
-            if grammar is not None:
+            if constraint is not None:
                 raise InvalidRequestError("response_format and tools cannot both constrain one reply")
-            grammar = structured.tool_grammar(tools, req.tool_choice)
-        ids, stops = _chat_ids(engine, req, tools)
+            constraint = structured.tool_constraint(tools, req.tool_choice, parallel=parallel, syntax=syntax)
+        ids, stops = _chat_ids(engine, req, tools, parallel)
         if not engine.chat_template:
             headers[TEMPLATE_HEADER] = "none; fallback: plain transcript (role: content lines)"
-        params = replace(params, stop=tuple(dict.fromkeys(params.stop + stops)), grammar=grammar)
+        params = replace(params, stop=tuple(dict.fromkeys(params.stop + stops)), constraint=constraint)
     else:
         prompt = req.single_prompt()
         if isinstance(prompt, str):
@@ -83,15 +87,16 @@ def prepare(engine: Engine, req: ChatCompletionRequest | CompletionRequest,
     if len(ids) >= engine.n_ctx:
         raise ContextOverflowError(
             f"this prompt is {len(ids)} tokens and the context window is {engine.n_ctx} tokens")
-    return Prepared(ids=ids, params=params, echo=echo, n=req.n, top_logprobs=top, tools=tools, headers=headers)
+    return Prepared(ids=ids, params=params, echo=echo, n=req.n, top_logprobs=top, tools=tools, headers=headers,
+                    syntax=syntax)
 
 
 def _chat_ids(engine: Engine, req: ChatCompletionRequest,
-              tools: list[Tool]) -> tuple[list[int], tuple[str, ...]]:
+              tools: list[Tool], parallel: bool = True) -> tuple[list[int], tuple[str, ...]]:
     native = bool(tools) and "tools" in (engine.chat_template or "")
     messages = [_message(m, native) for m in req.messages]
     if tools and not native:  # the template has no tool syntax: describe the tools in the system message
-        note = structured.tool_system_prompt(tools)
+        note = structured.tool_system_prompt(tools, parallel)
         if messages and messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + note}
         else:
@@ -117,7 +122,8 @@ def _message(m: Any, native: bool) -> dict[str, Any]:
     content = m.text()
     if m.tool_calls and not native:
         calls = [{"name": c.function.name, "arguments": _args(c.function.arguments)} for c in m.tool_calls]
-        content = (content + "\n" if content else "") + "\n".join(json.dumps(c, ensure_ascii=False) for c in calls)
+        text = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)  # the reply's own shape
+        content = (content + "\n" if content else "") + text
     if role == "tool" and not native:
         return {"role": "user", "content": f"Result of tool call {m.tool_call_id or ''}: {content}".strip()}
     out: dict[str, Any] = {"role": role, "content": content}

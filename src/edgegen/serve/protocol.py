@@ -113,11 +113,12 @@ class ChunkWriter:
                                 "logprobs": logprobs})
         return self._chunk({"index": index, "text": piece, "finish_reason": None, "logprobs": logprobs})
 
-    def tool_call(self, call: dict[str, Any], index: int = 0) -> list[bytes]:
-        """A whole tool call as the deltas OpenAI streams: id, type and name first, then the arguments."""
-        head = {"index": 0, "id": call["id"], "type": "function",
+    def tool_call(self, call: dict[str, Any], index: int = 0, call_index: int = 0) -> list[bytes]:
+        """A whole tool call as the deltas OpenAI streams: id, type and name first, then the arguments;
+        ``call_index`` is the call's place among the reply's parallel calls (OpenAI's ``tool_calls[].index``)."""
+        head = {"index": call_index, "id": call["id"], "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": ""}}
-        args = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+        args = {"index": call_index, "function": {"arguments": call["function"]["arguments"]}}
         return [self._chunk({"index": index, "delta": {"tool_calls": [d]}, "finish_reason": None,
                              "logprobs": None}) for d in (head, args)]
 

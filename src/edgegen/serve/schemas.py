@@ -170,7 +170,8 @@ class ChatCompletionRequest(_Generation):
                                      description="Also the likeliest alternatives per token "
                                                  "(only with logprobs: true).")
     response_format: ResponseFormat | None = Field(
-        None, description="json_object or json_schema constrain the reply with a llama.cpp grammar.")
+        None, description="json_object or json_schema constrain the reply (a llama.cpp grammar, or ONNX "
+                          "Runtime GenAI guidance).")
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None

@@ -44,7 +44,7 @@ from edgegen.errors import (
     UpstreamError,
 )
 from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
-from edgegen.serve import protocol
+from edgegen.serve import protocol, structured
 from edgegen.serve.adapters import adapter_for, apply_adapter
 from edgegen.serve.auth import ApiKeys
 from edgegen.serve.cascade import CONFIDENCE_HEADER, CascadePolicy, Confidence, decide
@@ -307,14 +307,16 @@ class EdgeServer:
             ticket.cancel()
             return error_response(500, f"generation failed: {exc}", headers={ROUTE_HEADER: "local"})
         s = ticket.stats
-        body = response_body(protocol.new_id("resp"), req, self.config.model_id, protocol.now(), text="".join(pieces),
+        text = "".join(pieces)
+        calls = structured.parse_tool_calls(text, p.tools, p.syntax) if p.tools else None
+        body = response_body(protocol.new_id("resp"), req, self.config.model_id, protocol.now(), text=text,
                              finish_reason=finish, prompt_tokens=s.prompt_tokens,
-                             completion_tokens=s.completion_tokens, item_id=protocol.new_id("msg"))
+                             completion_tokens=s.completion_tokens, item_id=protocol.new_id("msg"), calls=calls)
         return JSONResponse(body, headers={ROUTE_HEADER: "local", **p.headers})
 
     def _stream_responses(self, ticket: Ticket, p: Prepared, req: ResponsesRequest,
                           source: Any = None) -> StreamingResponse:
-        events = ResponseEvents(req, self.config.model_id)
+        events = ResponseEvents(req, self.config.model_id, p.tools, p.syntax)
 
         async def body() -> AsyncIterator[bytes]:
             try:

@@ -1,32 +1,40 @@
-"""Constrained output: llama.cpp grammars for ``response_format`` and tool calls, and tool-call parsing.
+"""Constrained output for ``response_format`` and tool calls, and tool-call parsing.
 
-    response_grammar(fmt)             -> GBNF text or None      (json_object, json_schema, text)
-    tool_grammar(tools, choice)       -> GBNF text or None      (a call {"name", "arguments"}, or free text)
-    tool_system_prompt(tools)         -> the instructions added when the chat template ignores ``tools``
-    parse_tool_call(text, tools)      -> ``ParsedCall`` or None (the reply is a call to one of ``tools``)
+    response_constraint(fmt)               -> ``Constraint`` or None  (json_object, json_schema, text)
+    tool_syntax(template)                  -> ToolSyntax: how the model writes calls
+    tool_constraint(tools, choice, ...)    -> ``Constraint``: one call or several, or free text
+    tool_system_prompt(tools, parallel)    -> the instructions added when the chat template ignores ``tools``
+    parse_tool_calls(text, tools, syntax)  -> [``ParsedCall``, ...] or None (the reply is calls to ``tools``)
 
-JSON Schemas are checked with ``jsonschema`` (a schema that is not one is a 400) and turned into GBNF by
-llama-cpp-python's port of llama.cpp's ``json-schema-to-grammar`` (``json_schema_to_gbnf``), whose
-whitespace rule is bounded, so a small model cannot stall in an endless run of spaces. The grammar makes
-llama.cpp's sampler refuse every token that would leave the language, so even a 135M model's reply
-parses; it does not make the reply true, and a reply cut by ``max_tokens`` is still cut (finish
-"length").
+A ``runtime.constraint.Constraint`` says what the reply must look like; each engine compiles it (GBNF
+for llama.cpp, Lark for ONNX Runtime GenAI's llguidance), so structured output and tools work the same
+on both. JSON Schemas are checked with ``jsonschema`` (a schema that is not one is a 400) and must be
+one llama.cpp's json-schema-to-grammar can compile (else a 400 naming why). The constraint makes the
+sampler refuse every token that would leave the language, so even a 135M model's reply parses; it does
+not make the reply true, and a reply cut by ``max_tokens`` is still cut (finish "length").
 
-Tool calls use one wire format for every model whose template has no tool syntax of its own:
-``{"name": <tool>, "arguments": {...}}``, one call per reply (``parallel_tool_calls`` is accepted and
-yields at most one call). With ``tool_choice`` "auto" the grammar allows that object or free text that
-does not start with "{"; "required" or a named tool allows only calls. This module does no I/O.
+Tool calls, in the model's own syntax where its chat template has one:
+    ToolSyntax.JSON     (templates without tool syntax, and Llama-3.1-style JSON ones) one call
+                        ``{"name": <tool>, "arguments": {...}}``, or several as a JSON array of them
+    ToolSyntax.HERMES   (templates that write ``<tool_call>``: Qwen2.5/Qwen3, Hermes, SmolLM3) one
+                        ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`` block per call
+Several calls in one reply (OpenAI's parallel tool calls) unless ``parallel_tool_calls`` is false. With
+``tool_choice`` "auto" the constraint also allows free text that cannot be mistaken for a call;
+"required" or a named tool allows only calls. This module does no I/O.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgegen.errors import InvalidRequestError
+from edgegen.runtime.constraint import MAX_ITEMS, Constraint
 from edgegen.serve.schemas import (
     JsonObjectFormat,
     JsonSchemaFormat,
@@ -35,7 +43,10 @@ from edgegen.serve.schemas import (
     Tool,
 )
 
-_FREE_TEXT = 'free-text ::= [^{ \\t\\n] [^\\x00]*'
+
+class ToolSyntax(enum.Enum):
+    JSON = "json"
+    HERMES = "hermes"
 
 
 def check_schema(schema: dict[str, Any], where: str) -> None:
@@ -48,23 +59,26 @@ def check_schema(schema: dict[str, Any], where: str) -> None:
         raise InvalidRequestError(f"{where} is not a valid JSON Schema: {exc.message}") from exc
 
 
-def schema_grammar(schema: dict[str, Any], where: str) -> str:
-    """GBNF accepting exactly the JSON texts ``schema`` allows (as far as the converter supports)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
+def checked(schema: dict[str, Any], where: str) -> Constraint:
+    """A ``Constraint`` for ``schema``, refused with ``InvalidRequestError`` unless ``jsonschema`` accepts
+    it and llama.cpp's json-schema-to-grammar compiles it (so both engines can run it)."""
+    from edgegen.runtime.constraint import to_gbnf
 
     check_schema(schema, where)
+    c = Constraint(json.dumps(schema))
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        to_gbnf(c)
     except Exception as exc:  # the converter raises ValueError/KeyError/NotImplementedError on what it lacks
         raise InvalidRequestError(f"{where} cannot be turned into a grammar: {exc}") from exc
+    return c
 
 
-def response_grammar(fmt: TextFormat | JsonObjectFormat | JsonSchemaFormat | None) -> str | None:
+def response_constraint(fmt: TextFormat | JsonObjectFormat | JsonSchemaFormat | None) -> Constraint | None:
     if fmt is None or isinstance(fmt, TextFormat):
         return None
     if isinstance(fmt, JsonObjectFormat):
-        return schema_grammar(fmt.schema_ or {"type": "object"}, "response_format.schema")
-    return schema_grammar(fmt.json_schema.schema_, "response_format.json_schema.schema")
+        return checked(fmt.schema_ or {"type": "object"}, "response_format.schema")
+    return checked(fmt.json_schema.schema_, "response_format.json_schema.schema")
 
 
 def _call_schema(tools: Sequence[Tool]) -> dict[str, Any]:
@@ -84,28 +98,38 @@ def active_tools(tools: Sequence[Tool] | None, choice: str | NamedToolChoice | N
     return list(tools)
 
 
-def tool_grammar(tools: Sequence[Tool], choice: str | NamedToolChoice | None) -> str | None:
-    """GBNF for a reply to a request with ``tools`` (already filtered by ``active_tools``)."""
+def tool_syntax(template: str | None) -> ToolSyntax:
+    """How the model writes calls, read from its chat template (HERMES if it writes ``<tool_call>``)."""
+    return ToolSyntax.HERMES if template and "<tool_call>" in template else ToolSyntax.JSON
+
+
+def tool_constraint(tools: Sequence[Tool], choice: str | NamedToolChoice | None, *, parallel: bool = True,
+                    syntax: ToolSyntax = ToolSyntax.JSON) -> Constraint | None:
+    """What a reply to a request with ``tools`` (already filtered by ``active_tools``) may be."""
     if not tools:
         return None
     for t in tools:
         if t.function.parameters is not None:
             check_schema(t.function.parameters, f"tools[{t.function.name}].function.parameters")
-    calls = schema_grammar(_call_schema(tools), "tools")
-    if choice in ("required",) or isinstance(choice, NamedToolChoice):
-        return calls
-    # "auto": a call, or free text that cannot be mistaken for one
-    renamed = calls.replace("root ::=", "tool-call ::=", 1)
-    return f"root ::= tool-call | free-text\n{renamed}\n{_FREE_TEXT}\n"
+    call = _call_schema(tools)
+    if syntax is ToolSyntax.JSON and parallel and not isinstance(choice, NamedToolChoice):
+        call = {"anyOf": [call, {"type": "array", "items": call, "minItems": 1, "maxItems": MAX_ITEMS}]}
+    base = checked(call, "tools")
+    only_calls = choice == "required" or isinstance(choice, NamedToolChoice)
+    if syntax is ToolSyntax.HERMES:
+        return replace(base, prefix="<tool_call>\n", suffix="\n</tool_call>",
+                       repeat=parallel and not isinstance(choice, NamedToolChoice), or_text=not only_calls)
+    return replace(base, or_text=not only_calls)
 
 
-def tool_system_prompt(tools: Sequence[Tool]) -> str:
+def tool_system_prompt(tools: Sequence[Tool], parallel: bool = True) -> str:
     """Instructions for templates without tool syntax: the tools as JSON and the reply's shape."""
     specs = [{"name": t.function.name, "description": t.function.description or "",
               "parameters": t.function.parameters or {"type": "object"}} for t in tools]
+    several = " To call several at once, reply with a JSON array of such objects." if parallel else ""
     return ("You can call these tools:\n" + json.dumps(specs, ensure_ascii=False) +
-            '\nTo call one, reply with only a JSON object {"name": <tool name>, "arguments": {...}}. '
-            "Otherwise answer in plain text.")
+            '\nTo call one, reply with only a JSON object {"name": <tool name>, "arguments": {...}}.' + several +
+            " Otherwise answer in plain text.")
 
 
 @dataclass(frozen=True)
@@ -118,27 +142,54 @@ class ParsedCall:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
 
-def parse_tool_call(text: str, tools: Sequence[Tool]) -> ParsedCall | None:
-    """The call ``text`` makes, if it is a complete ``{"name", "arguments"}`` object naming one of
-    ``tools``; None for plain text (or a call cut short by max_tokens)."""
-    stripped = text.strip()
-    if not stripped.startswith("{"):
-        return None
-    try:
-        obj = json.loads(stripped)
-    except ValueError:
-        return None
-    names = {t.function.name for t in tools}
+def _call(obj: Any, names: set[str]) -> ParsedCall | None:
     if not isinstance(obj, dict) or obj.get("name") not in names or not isinstance(obj.get("arguments"), dict):
         return None
     return ParsedCall(id="call_" + uuid.uuid4().hex[:24], name=obj["name"],
                       arguments=json.dumps(obj["arguments"], ensure_ascii=False))
 
 
-def looks_like_call(prefix: str) -> bool | None:
+_HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+def parse_tool_calls(text: str, tools: Sequence[Tool], syntax: ToolSyntax = ToolSyntax.JSON) -> list[ParsedCall] | None:
+    """The calls ``text`` makes, if it is nothing but complete calls to ``tools`` in ``syntax`` (one
+    object or an array of them; or ``<tool_call>`` blocks); None for plain text, or calls cut short."""
+    names = {t.function.name for t in tools}
+    stripped = text.strip()
+    if syntax is ToolSyntax.HERMES:
+        blocks = _HERMES_BLOCK.findall(stripped)
+        if not blocks or _HERMES_BLOCK.sub("", stripped).strip():
+            return None
+        objs: list[Any] = []
+        for b in blocks:
+            try:
+                objs.append(json.loads(b))
+            except ValueError:
+                return None
+    else:
+        if not stripped.startswith(("{", "[")):
+            return None
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            return None
+        objs = obj if isinstance(obj, list) else [obj]
+    calls = [_call(o, names) for o in objs]
+    if not calls or any(c is None for c in calls):
+        return None
+    return [c for c in calls if c is not None]
+
+
+def looks_like_call(prefix: str, syntax: ToolSyntax = ToolSyntax.JSON) -> bool | None:
     """For streaming: True once the reply visibly starts a call, False once it visibly does not, None
-    while only whitespace has arrived."""
+    while that is undecided (only whitespace, or a prefix of ``<tool_call>``)."""
     stripped = prefix.lstrip()
     if not stripped:
         return None
-    return stripped.startswith("{")
+    if syntax is ToolSyntax.HERMES:
+        tag = "<tool_call>"
+        if stripped.startswith(tag):
+            return True
+        return None if tag.startswith(stripped) else False
+    return stripped.startswith(("{", "["))

@@ -13,6 +13,8 @@
                                                 next devices) or none is smaller than the full transfer
     GET  /v1/device/blobs/{sha256}              an artifact, transfer or delta blob; HTTP Range
     POST /v1/device/report                      an ``EventKind`` report (installed, refused, ...)
+    PUT  /v1/device/profile                     the device's profile (``plan.DeviceProfile`` JSON, as
+                                                ``edgegen profile`` writes it): rollouts select by it
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def device_view(device: Any) -> dict[str, Any]:
         "model": device.model_name, "active_version": device.active_version,
         "active_sha256": device.active_sha256, "status": device.status, "last_error": device.last_error,
         "revoked": device.revoked, "last_seen_at": device.last_seen_at.isoformat() if device.last_seen_at else None,
+        "profile": (device.profile or {}).get("name"),
     }
 
 
@@ -132,3 +135,23 @@ def report(body: Report, device: DeviceDep, session: SessionDep) -> dict[str, An
     device.last_error = None if body.ok else body.reason
     session.commit()
     return {"id": event.id}
+
+
+MAX_PROFILE_BYTES = 64_000
+
+
+@router.put("/profile")
+def put_profile(body: dict[str, Any], device: DeviceDep, session: SessionDep) -> dict[str, Any]:
+    """Store the device's profile after checking it is one (422 naming the fields that are wrong)."""
+    from edgegen.errors import InvalidProfileError
+    from edgegen.plan.profile import profile_from_dict
+
+    if len(json.dumps(body)) > MAX_PROFILE_BYTES:
+        raise HTTPException(413, "profile too large")
+    try:
+        prof = profile_from_dict(body, "the device profile")
+    except InvalidProfileError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    device.profile = body
+    session.commit()
+    return {"profile": prof.name}
