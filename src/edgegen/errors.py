@@ -8,7 +8,7 @@
     │   ├── UnsupportedArchitectureError
     │   ├── OutputError              an output path that cannot be written
     │   ├── InvalidTextError         a text file (calibration/eval) that is missing or too short
-    │   ├── BudgetError              a size budget no quantization can meet
+    │   ├── BudgetError              a size budget no quantization can meet, a time budget of 0
     │   ├── PruneTargetError         a prune target that keeps nothing, or more than the model has
     │   ├── TokenizerMismatchError   a distillation teacher whose tokenizer differs from the student's
     │   ├── EngineNotInstalledError  an engine back end whose package is not installed (onnxruntime-genai)

@@ -89,7 +89,7 @@ class PruneTarget:
                 raise PruneTargetError(f"the prune target removes everything: {name}={want} keeps none of {have}")
             if want is not None and want > have:
                 raise PruneTargetError(f"the prune target asks for {name}={want}, but the model has {have}")
-        if out.n_ff % shape.ffn_align:
+        if self.n_ff is not None and self.n_ff != shape.n_ff and out.n_ff % shape.ffn_align:
             raise PruneTargetError(
                 f"ffn={out.n_ff} is not a multiple of {shape.ffn_align} (block formats need whole blocks per row)")
         group = shape.n_head // shape.n_head_kv
@@ -103,7 +103,8 @@ def _from_fraction(keep: float, shape: Shape) -> Shape:
     per_ff = 3 * shape.n_embd
     want = keep * shape.n_layer * shape.block_params()
     align = shape.ffn_align
-    ff = int((want / shape.n_layer - a) // per_ff) // align * align
+    raw = (want / shape.n_layer - a) / per_ff  # FFN width that spends the whole fraction at full depth
+    ff = shape.n_ff if raw >= shape.n_ff - 1e-6 else int(raw) // align * align
     floor = max(align, (shape.n_ff // 2) // align * align)
     n_layer = shape.n_layer
     if ff < floor:  # width alone would go past half: keep half the width, take the rest from depth
