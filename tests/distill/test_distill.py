@@ -138,3 +138,18 @@ def test_zero_budget_is_refused(stories_gguf: Path, student: Path, tmp_path: Pat
                         "--budget-minutes", "0"], capture_output=True, text=True)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "0 minutes" in lines[0], p.stderr
+
+
+def test_compress_prune_distill_quantize_in_one_command(stories_gguf: Path, story_text: Path, tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "small.gguf"
+    p = subprocess.run([*EDGEGEN, "compress", str(stories_gguf), "-o", str(out), "--prune", "layers=4,ffn=128",
+                        "--distill-minutes", "0.05", "--calib", str(story_text), "--preset", "q8",
+                        "--report", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["stages"] == ["prune", "distill", "quantize"] and rep["distill"]["steps"] >= 1
+    with Engine(out, n_ctx=64, n_threads=1, logits_all=True) as e:
+        assert e.metadata["llama.block_count"] == "4" and e.metadata["llama.feed_forward_length"] == "128"
+        assert np.isfinite(e.logits([1, 5, 9])).all()
