@@ -108,7 +108,8 @@ def _other_tokenizer(src: Path, out: Path) -> Path:
     from edgegen.formats.gguf_write import write_gguf
 
     reader = open_reader(src)
-    tokens = [bytes(reader.fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in reader.fields["tokenizer.ggml.tokens"].data]
+    field = reader.fields["tokenizer.ggml.tokens"]
+    tokens = [bytes(field.parts[i]).decode() for i in field.data]
     tokens[300] = "<changed>"
     copy = metadata_copier(reader, int(gguf.LlamaFileType.ALL_F32), skip=frozenset({"tokenizer.ggml.tokens"}))
 
@@ -134,8 +135,8 @@ def test_zero_budget_is_refused(stories_gguf: Path, student: Path, tmp_path: Pat
     with pytest.raises(BudgetError):
         distill(student, stories_gguf, tmp_path / "o.gguf", text="x", config=DistillConfig(budget_minutes=0),
                 workdir=tmp_path / "w")
-    p = subprocess.run([*EDGEGEN, "distill", str(student), "--teacher", str(stories_gguf), "-o", str(tmp_path / "o.gguf"),
-                        "--budget-minutes", "0"], capture_output=True, text=True)
+    p = subprocess.run([*EDGEGEN, "distill", str(student), "--teacher", str(stories_gguf),
+                        "-o", str(tmp_path / "o.gguf"), "--budget-minutes", "0"], capture_output=True, text=True)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "0 minutes" in lines[0], p.stderr
 

@@ -73,7 +73,7 @@ def distill_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="output .gguf")],
     budget_minutes: Annotated[float, typer.Option("--budget-minutes", help="wall-clock budget, teacher included")],
     text: Annotated[Path | None, typer.Option(
-        "--text", help="training text file or folder of .txt (default: Shakespeare plays kept out of evaluation)")] = None,
+        "--text", help="training text file or folder of .txt (default: plays kept out of evaluation)")] = None,
     work_dir: Annotated[Path | None, typer.Option(
         "--work-dir", help="checkpoints and teacher cache (default OUT.distill/); rerun to resume")] = None,
     lr: Annotated[float, typer.Option("--lr")] = 2e-4,

@@ -64,7 +64,8 @@ class TeacherCache:
     """Top-k teacher log-probabilities per sequence index, on disk under ``folder``."""
 
     def __init__(self, folder: Path, teacher: Path, seq_len: int, k: int = 64, n_threads: int = 1):
-        self.folder, self.teacher, self.seq_len, self.k, self.n_threads = Path(folder), Path(teacher), seq_len, k, n_threads
+        self.folder, self.teacher = Path(folder), Path(teacher)
+        self.seq_len, self.k, self.n_threads = seq_len, k, n_threads
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = {"teacher": fingerprint(teacher), "seq_len": seq_len, "k": k}
         tag = self.folder / "cache.json"

@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,8 @@ class DistillConfig:
 
     def loss_settings(self) -> dict[str, Any]:
         return {"max_sequences": self.max_sequences, "seq_len": self.seq_len, "lr": self.lr,
-                "temperature": self.temperature, "top_k": self.top_k, "train_embeddings": self.train_embeddings, "seed": self.seed, "warmup_steps": self.warmup_steps}
+                "temperature": self.temperature, "top_k": self.top_k, "train_embeddings": self.train_embeddings,
+                "seed": self.seed, "warmup_steps": self.warmup_steps}
 
 
 @dataclass(frozen=True)

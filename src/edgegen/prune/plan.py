@@ -64,11 +64,13 @@ class PruneTarget:
                 return cls(keep=float(spec))
             parts = dict(p.split("=", 1) for p in spec.split(",") if p.strip())
         except ValueError as exc:
-            raise PruneTargetError(f"cannot read the prune target {spec!r}: write e.g. layers=24,ffn=1024 or keep=0.6") from exc
+            raise PruneTargetError(
+                f"cannot read the prune target {spec!r}: write e.g. layers=24,ffn=1024 or keep=0.6") from exc
         names = {"layers": "n_layer", "ffn": "n_ff", "kv": "n_head_kv", "keep": "keep"}
         unknown = set(parts) - set(names)
         if unknown:
-            raise PruneTargetError(f"unknown prune target key(s) {', '.join(sorted(unknown))}; use layers, ffn, kv or keep")
+            raise PruneTargetError(
+                f"unknown prune target key(s) {', '.join(sorted(unknown))}; use layers, ffn, kv or keep")
         try:
             values = {names[k]: (float(v) if k == "keep" else int(v)) for k, v in parts.items()}
         except ValueError as exc:
@@ -157,7 +159,8 @@ def make_plan(importance: Importance, shape: Shape, target: PruneTarget) -> Prun
     source order.
     """
     kept = target.resolve(shape)
-    if importance.ffn.shape != (shape.n_layer, shape.n_ff) or importance.kv_groups.shape != (shape.n_layer, shape.n_head_kv):
+    if (importance.ffn.shape != (shape.n_layer, shape.n_ff)
+            or importance.kv_groups.shape != (shape.n_layer, shape.n_head_kv)):
         raise ValueError("importance scores do not match the model's shape")
     order = np.argsort(-importance.block_influence, kind="stable")  # most influential first
     layers = tuple(sorted(int(i) for i in order[: kept.n_layer]))
