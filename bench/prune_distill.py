@@ -10,8 +10,9 @@ Files (all from the F16 reference, ``formats.convert.cached_reference``):
                                        quant-only@Q4_K_M's size (so it reads >= 25% fewer weight bytes)
     prune+distill+quant                the pruned model distilled from the reference (``distill``) for the
                                        last ``--curve`` minutes, then compressed at the same size
-    quant-only@same-size               compress of the reference at prune+distill+quant's size: what
-                                       quantization alone reaches at that size
+    quant-only@same-size               compress of the reference at the pruned files' size budget: what
+                                       quantization alone reaches at that size (quantized in a second
+                                       process while distillation runs, as is prune+quant)
 Quality: ``evaluate.quality.evaluate_many`` on ``hub.texts.EVALUATION_PLAYS`` (``--chunks`` x 512
 tokens, llama-perplexity's definitions). Distillation runs on plays in neither calibration nor
 evaluation (``cli.prune.DISTILL_PLAYS``); its curve: the distilled (unquantized) student evaluated
@@ -25,12 +26,13 @@ and ``prune_distill.png``.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import json
 import math
 import os
+import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,6 +53,15 @@ def compress_to(src: Path, out: Path, size: int, calib_text: str) -> dict:
     t0 = time.perf_counter()
     rep = compress(src, out, budget=Budget.of(max_size_mib=size / 2**20), calib_text=calib_text)
     return {"wall_s": round(time.perf_counter() - t0, 1), "types": rep.types, "predicted_kl": rep.predicted_kl}
+
+
+def side_compress(jobs: list[tuple[Path, Path]], size: int) -> subprocess.Popen:
+    """``edgegen compress SRC -o OUT --max-size-mib`` for each job in turn, in one background process
+    (default calibration: ``hub.texts.CALIBRATION_PLAYS``); files already present are kept."""
+    cmds = [f"{sys.executable} -m edgegen compress {src} -o {out} --max-size-mib {size / 2**20!r}"
+            for src, out in jobs if not out.exists()]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.Popen(["sh", "-c", " && ".join(cmds) or "true"], env=env, stdout=subprocess.DEVNULL)
 
 
 def fit_crossing(curve: list[dict], target: float) -> dict:
@@ -77,12 +88,14 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--home", type=Path, default=Path(os.environ.get("EDGEGEN_TEST_HOME", REPO / ".cache" / "edgegen")))
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--prune", default="layers=26,ffn=1024")
-    ap.add_argument("--curve", default="4,10,16,22")
+    ap.add_argument("--curve", default="3,8,14")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--curve-chunks", type=int, default=4)
     ap.add_argument("--speed-rounds", type=int, default=5)
     ap.add_argument("--bytes-ratio", type=float, default=0.74)
+    ap.add_argument("--finish-by", default=None, help="HH:MM UTC: shorten the distillation to end the run by then")
+    ap.add_argument("--reserve-minutes", type=float, default=30.0, help="with --finish-by: time kept for the rest")
     args = ap.parse_args()
 
     from edgegen.cli.prune import DISTILL_PLAYS
@@ -121,11 +134,20 @@ def main() -> None:  # noqa: PLR0915
     prep = prune(ref, pruned, PruneTarget.parse(args.prune), calib_text=calib)
     costs["prune"] = {"wall_s": round(time.perf_counter() - t0, 1), "plan": prep.plan}
     files["prune+quant"] = work / "prune-quant.gguf"
-    costs["prune+quant"] = compress_to(pruned, files["prune+quant"], small, calib)
-    log("pruned and quantized")
+    files["quant-only@same-size"] = work / "quant-only-same-size.gguf"
+    # these two need nothing from distillation: a second process quantizes them meanwhile
+    side = side_compress([(pruned, files["prune+quant"]), (ref, files["quant-only@same-size"])], small)
 
     distill_text = plays_text(home, DISTILL_PLAYS)
     budgets = [float(x) for x in args.curve.split(",")]
+    if args.finish_by:  # a shared machine and a deadline: shrink the curve to what is left
+        hh, mm = (int(x) for x in args.finish_by.split(":"))
+        now = time.gmtime()
+        left = (hh * 60 + mm) - (now.tm_hour * 60 + now.tm_min + now.tm_sec / 60) - args.reserve_minutes
+        if left < budgets[-1]:
+            last = max(2.0, round(left, 1))
+            budgets = [round(last / 4, 1), round(last / 2, 1), last]
+            log(f"--finish-by {args.finish_by}: distillation curve shrunk to {budgets} minutes")
     cfg = DistillConfig(budget_minutes=budgets[0], lr=args.lr, seq_len=256, checkpoint_minutes=2.0, n_threads=1)
     curve_files = [(0.0, pruned)]
     dreports = []
@@ -143,9 +165,10 @@ def main() -> None:  # noqa: PLR0915
     final = curve_files[-1][1]
     files["prune+distill+quant"] = work / "prune-distill-quant.gguf"
     costs["prune+distill+quant"] = compress_to(final, files["prune+distill+quant"], small, calib)
-    pdq_size = files["prune+distill+quant"].stat().st_size
-    files["quant-only@same-size"] = work / "quant-only-same-size.gguf"
-    costs["quant-only@same-size"] = compress_to(ref, files["quant-only@same-size"], pdq_size, calib)
+    side_rc = side.wait()
+    if side_rc != 0:
+        raise SystemExit(f"the side compressions failed ({side_rc})")
+    costs["prune+quant"] = costs["quant-only@same-size"] = {"note": "edgegen compress CLI, in parallel with distill"}
     log("all files ready; quality")
 
     q = quality(list(files.values()), ref, evalt, args.chunks, 1)
@@ -179,6 +202,7 @@ def main() -> None:  # noqa: PLR0915
         "projection": fit_crossing(curve, same["kl_mean"]),
     }
     result = {"reference": str(ref), "prune": args.prune, "lr": args.lr, "curve_minutes": budgets,
+              "argv": sys.argv[1:],
               "eval_plays": EVALUATION_PLAYS, "calibration_plays": CALIBRATION_PLAYS, "distill_plays": DISTILL_PLAYS,
               "chunks": args.chunks, "speed_rounds": args.speed_rounds, "load_avg_start": load_start,
               "load_avg_end": os.getloadavg(), "wall_s": round(time.perf_counter() - t_start, 1),

@@ -16,6 +16,7 @@ from edgegen.errors import OutputError, UserInputError
 STAGES = {
     "convert": "converting",
     "prune": "pruning (scoring + writing)",
+    "distill": "distilling (seconds of budget)",
     "calibrate": "calibrating",
     "measure": "measuring sensitivity",
     "quantize": "quantizing + writing",
@@ -129,7 +130,8 @@ def _staged(path, out, spec, minutes, budget, calib, calib_text, config, bars): 
         raise UserInputError("--prune needs calibration text (drop --no-calib)")
     staged = compress_staged(path, out, prune_target=target, distill_minutes=minutes, budget=budget,
                              calib_text=text, distill_text=_text(None, DISTILL_PLAYS) if minutes else None,
-                             config=config, progress=bars)
+                             config=config, progress=bars,
+                             distill_progress=lambda st: bars("distill", int(st.elapsed_s), int(st.budget_s)))
     return staged.to_dict(), staged.compress
 
 
