@@ -8,7 +8,9 @@
     │   ├── UnsupportedArchitectureError
     │   ├── OutputError              an output path that cannot be written
     │   ├── InvalidTextError         a text file (calibration/eval) that is missing or too short
-    │   ├── BudgetError              a size budget no quantization can meet
+    │   ├── BudgetError              a size budget no quantization can meet, a time budget of 0
+    │   ├── PruneTargetError         a prune target that keeps nothing, or more than the model has
+    │   ├── TokenizerMismatchError   a distillation teacher whose tokenizer differs from the student's
     │   ├── EngineNotInstalledError  an engine back end whose package is not installed (onnxruntime-genai)
     │   ├── InvalidProfileError      a device profile file that is unreadable or misses fields
     │   ├── PlanRefusedError         no model/engine/format variant fits the device under the constraints
@@ -92,6 +94,14 @@ class InvalidTextError(UserInputError):
 
 
 class BudgetError(UserInputError):
+    pass
+
+
+class PruneTargetError(UserInputError):
+    pass
+
+
+class TokenizerMismatchError(UserInputError):
     pass
 
 

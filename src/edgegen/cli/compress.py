@@ -11,10 +11,12 @@ import typer
 
 from edgegen.cli._common import check_output_path, console, err_console, progress_bar
 from edgegen.config import get_settings
-from edgegen.errors import OutputError
+from edgegen.errors import OutputError, UserInputError
 
 STAGES = {
     "convert": "converting",
+    "prune": "pruning (scoring + writing)",
+    "distill": "distilling (seconds of budget)",
     "calibrate": "calibrating",
     "measure": "measuring sensitivity",
     "quantize": "quantizing + writing",
@@ -66,6 +68,10 @@ def compress_cmd(
         "--speed-profile", help="per-format decode costs of the target CPU (JSON from bench/format_speed.py)")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write the JSON report here")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default 1)")] = None,
+    prune: Annotated[str | None, typer.Option(
+        "--prune", help="prune first: layers=N,ffn=W,kv=G or keep=F (see edgegen prune)")] = None,
+    distill_minutes: Annotated[float, typer.Option(
+        "--distill-minutes", help="with --prune: distill from the source for this long before quantizing")] = 0.0,
 ) -> None:
     """Quantize a model to GGUF with calibrated rounding and a per-tensor type mix that fits the budget."""
     from edgegen.compress.pipeline import Budget, CompressConfig, compress
@@ -81,13 +87,19 @@ def compress_cmd(
     calib_text = None
     if calib is None and not no_calib:
         calib_text = plays_text(get_settings().home, CALIBRATION_PLAYS)
+    config = CompressConfig(n_threads=threads) if threads else CompressConfig()
     bars = _StageBars()
     try:
-        result = compress(path, out, budget=budget, calib=None if no_calib else calib, calib_text=calib_text,
-                          config=CompressConfig(n_threads=threads) if threads else CompressConfig(), progress=bars)
+        if prune is not None:
+            data, result = _staged(path, out, prune, distill_minutes, budget, calib, calib_text, config, bars)
+        else:
+            if distill_minutes:
+                raise UserInputError("--distill-minutes needs --prune (distillation recovers what pruning removed)")
+            result = compress(path, out, budget=budget, calib=None if no_calib else calib, calib_text=calib_text,
+                              config=config, progress=bars)
+            data = result.to_dict()
     finally:
         bars.close()
-    data = result.to_dict()
     if report is not None:
         try:
             report.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +116,23 @@ def compress_cmd(
         "stages: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
         + f"; peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB", highlight=False,
     )
+
+
+def _staged(path, out, spec, minutes, budget, calib, calib_text, config, bars):  # noqa: ANN001, ANN202
+    from edgegen.cli.prune import DISTILL_PLAYS, _text
+    from edgegen.compress.plan import read_calibration
+    from edgegen.compress.staged import compress_staged
+    from edgegen.prune import PruneTarget
+
+    target = PruneTarget.parse(spec)
+    text = read_calibration(calib, None) if calib is not None else calib_text
+    if text is None:
+        raise UserInputError("--prune needs calibration text (drop --no-calib)")
+    staged = compress_staged(path, out, prune_target=target, distill_minutes=minutes, budget=budget,
+                             calib_text=text, distill_text=_text(None, DISTILL_PLAYS) if minutes else None,
+                             config=config, progress=bars,
+                             distill_progress=lambda st: bars("distill", int(st.elapsed_s), int(st.budget_s)))
+    return staged.to_dict(), staged.compress
 
 
 def register(app: typer.Typer) -> None:

@@ -46,10 +46,11 @@ class HParams:
     rope_base: float
     rope_dim: int
     tied: bool
+    key_length: int = 0  # per-head size when the GGUF states it (attention.key_length); 0: n_embd / n_head
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.key_length or self.n_embd // self.n_head
 
 
 def hparams(meta: dict[str, Any], tensor_names: Iterable[str]) -> HParams:
@@ -68,6 +69,7 @@ def hparams(meta: dict[str, Any], tensor_names: Iterable[str]) -> HParams:
         return v
 
     n_embd, n_head = int(get("embedding_length")), int(get("attention.head_count"))
+    key_length = int(get("attention.key_length", 0))
     scaling = str(meta.get(f"{arch}.rope.scaling.type", "none"))
     if scaling not in ("none", "") or "rope_freqs.weight" in names:
         raise UnsupportedArchitectureError(f"rotary scaling ({scaling or 'rope_freqs'}) is not supported")
@@ -79,8 +81,9 @@ def hparams(meta: dict[str, Any], tensor_names: Iterable[str]) -> HParams:
         n_embd=n_embd,
         eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_base=float(get("rope.freq_base", 10000.0)),
-        rope_dim=int(get("rope.dimension_count", n_embd // n_head)),
+        rope_dim=int(get("rope.dimension_count", key_length or n_embd // n_head)),
         tied="output.weight" not in names,
+        key_length=key_length,
     )
 
 
