@@ -25,7 +25,7 @@ __all__ = ["DpConfig", "epsilon"]
 @dataclass(frozen=True)
 class DpConfig:
     noise_multiplier: float = 1.0
-    clipping_norm: float = 0.5  # L2 norm of one device's update of the LoRA factors (a few dozen steps)
+    clipping_norm: float = 0.1  # L2 norm of one device's update of the LoRA factors per round
     delta: float = 1e-5
 
     @property
