@@ -172,8 +172,11 @@ def run_server(grid: Grid, context: Context, cfg: LearnConfig) -> dict[str, Any]
     fit_workflow = None
     if cfg.secagg:
         shares = min(cfg.secagg_shares, cfg.min_clients)
+        # every device weighs 1 (max_weight 1: Flower's default of 1000 would scale each update down
+        # 1000x before quantization and lose it to rounding); factors live well inside +-1, so that
+        # range keeps a 2**22-level quantization step at 4.8e-7 (a device cannot push a coordinate past it)
         fit_workflow = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=min(cfg.secagg_threshold, shares),
-                                          timeout=cfg.round_timeout)
+                                          max_weight=1.0, clipping_range=1.0, timeout=cfg.round_timeout)
     DefaultWorkflow(fit_workflow=fit_workflow)(_TimedGrid(grid, cfg.round_timeout), legacy)  # type: ignore[arg-type]
     final = parameters_to_ndarrays(_params_of(legacy))
     np.savez(out / "global.npz", *final)
