@@ -116,7 +116,8 @@ def main() -> None:
     texts = {p: local_tokens(d, base, cache_dir=cache) for p, d in text_dirs.items()}
     model = LoraModel(load_base(base), base_cfg.lora)
     zero = initial_arrays(base, base_cfg.lora)
-    report: dict = {"model": args.model, "base": str(base), "plays": PLAYS, "args": {k: str(v) for k, v in vars(args).items()},
+    report: dict = {"model": args.model, "base": str(base), "plays": PLAYS,
+                    "args": {k: str(v) for k, v in vars(args).items()},
                     "load_avg_start": os.getloadavg(), "runs": {}}
     report["union_ppl_base"] = union_ppl(model, texts, zero, args.seq, args.eval_chunks)
 

@@ -3,16 +3,14 @@ with the adapter computes what the trained model computes."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from edgegen.errors import InvalidModelError
 from edgegen.learn.config import LearnConfig
 from edgegen.learn.data import local_tokens
-from edgegen.learn.lora import LoraModel, LoraSpec, initial_arrays, load_base
 from edgegen.learn.loop import adapter_from_result, conversion_check
+from edgegen.learn.lora import LoraModel, LoraSpec, initial_arrays, load_base
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,8 @@ class Federation:
         cli_home = self.work / "cli"
         cli_home.mkdir(parents=True, exist_ok=True)
         (cli_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+            '[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
         return self
 
     def __exit__(self, *exc: object) -> None:

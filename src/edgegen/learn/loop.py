@@ -185,7 +185,8 @@ def learn_start(cfg: LearnConfig, devices: list[Device], fleet: FleetTarget, wor
         result = fed.run(cfg, timeout=run_timeout)
     report.federated = {k: result[k] for k in ("wall_s", "adapter_bytes", "epsilon", "delta")}
     report.federated["rounds"] = len(result["rounds"])
-    report.federated["up_bytes_per_round"] = {c["device"]: c["up_bytes"] for r in result["rounds"][:1] for c in r["clients"]}
+    first = result["rounds"][0]["clients"] if result["rounds"] else []
+    report.federated["up_bytes_per_round"] = {c["device"]: c["up_bytes"] for c in first}
     last = result["rounds"][-1]["clients"] if result["rounds"] else []
     report.devices = [{k: c[k] for k in ("device", "ppl_base", "ppl")} for c in last]
     ok, why = judge(last, fleet.max_regression)
