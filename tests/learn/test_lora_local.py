@@ -3,6 +3,8 @@ with the adapter computes what the trained model computes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,31 @@ def test_an_empty_text_folder_is_refused(stories_gguf, tmp_path) -> None:  # typ
     (tmp_path / "a.txt").write_text("too short")
     with pytest.raises(InvalidTextError):
         local_tokens(tmp_path, stories_gguf)
+
+
+def test_fedprox_term_keeps_the_local_factors_near_the_global_ones(stories_gguf, device_texts) -> None:  # type: ignore[no-untyped-def]
+    text = local_tokens(device_texts["macbeth"], stories_gguf)
+    model = LoraModel(load_base(stories_gguf), LoraSpec())
+    zero = [np.zeros_like(a) for a in model.arrays()]
+    drift = {}
+    for mu in (0.0, 1000.0):
+        model.set_arrays(zero)
+        model.train(text.train, steps=15, lr=3e-3, prox_mu=mu, seed=3)
+        drift[mu] = float(np.sqrt(sum((a ** 2).sum() for a in model.arrays())))
+    assert drift[1000.0] < 0.5 * drift[0.0], drift
+
+
+def test_strategies_are_flowers(stories_gguf) -> None:  # type: ignore[no-untyped-def]
+    from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, FedAdam, FedProx
+
+    from edgegen.learn.apps import _Recorder, build_strategy
+    from edgegen.learn.config import StrategyName
+
+    init = initial_arrays(stories_gguf, LoraSpec())
+    rec = _Recorder(Path("."), audit=False)
+    dp = build_strategy(LearnConfig(model=str(stories_gguf), min_clients=3), init, rec)
+    assert isinstance(dp, DifferentialPrivacyClientSideFixedClipping)
+    prox = build_strategy(LearnConfig(strategy=StrategyName.FEDPROX, noise_multiplier=0.0, proximal_mu=0.1), init, rec)
+    assert isinstance(prox.inner, FedProx) and prox.inner.proximal_mu == 0.1
+    adam = build_strategy(LearnConfig(strategy=StrategyName.FEDADAM, noise_multiplier=0.0), init, rec)
+    assert isinstance(adam.inner, FedAdam)
