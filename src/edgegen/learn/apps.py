@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,7 @@ class LoraClient(NumPyClient):
         model.set_arrays(parameters)
         stats = model.train(text.train, steps=self.cfg.local_steps, seconds=self.cfg.local_seconds, seq=self.cfg.seq,
                             lr=self.cfg.lr, prox_mu=float(config.get("proximal_mu", 0.0)),
-                            seed=hash((self.device, rnd)) % 2**31)
+                            seed=zlib.crc32(f"{self.device}:{rnd}".encode()))
         new = model.arrays()
         audit = self.node.get("audit-dir")
         if audit:
