@@ -3,7 +3,7 @@
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
-EXTRAS := serve,agent,fleet,compress,report,hub,onnx,dev
+EXTRAS := serve,agent,fleet,compress,report,hub,onnx,learn,dev
 
 .PHONY: install demo test lint bench clean
 

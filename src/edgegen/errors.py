@@ -23,7 +23,8 @@
     │   ├── KeyFileError             a key file that is missing, unreadable or not Ed25519
     │   ├── KeyringError             the publisher's key directory is missing or incomplete
     │   ├── PublishError             a publication the registry refuses
-    │   └── DatabaseURLError         a database URL that is neither SQLite nor PostgreSQL
+    │   ├── DatabaseURLError         a database URL that is neither SQLite nor PostgreSQL
+    │   └── LearnConfigError         federated-learning options that do not go together (robust + SecAgg+)
     ├── SourceError                  a model source could not be fetched (offline hub, pip failure)
     ├── IntegrityError               a download whose hash/size does not match what was expected
     ├── ConversionError              conversion failed for a reason other than bad input
@@ -34,6 +35,7 @@
     │   ├── QueueFullError
     │   ├── UpstreamError
     │   └── EngineNotReadyError      the model is still loading, or failed to load
+    ├── FederationError              a federated run failed (SuperLink/SuperNode did not start, run failed)
     └── FleetError                   control plane and device agent
         ├── AuthError                missing, wrong or revoked credential
         ├── HealthCheckError         a candidate model that does not load, generate, or is too slow
@@ -256,4 +258,12 @@ class UnsafeArchiveError(TrustError):
 
 
 class UnsupportedArtifactError(TrustError):
+    pass
+
+
+class LearnConfigError(UserInputError):
+    pass
+
+
+class FederationError(EdgegenError):
     pass

@@ -13,7 +13,7 @@ import sys
 import click
 import typer
 
-from edgegen.cli import agent, compress, core, fleet, plan, prune, rollout, serve
+from edgegen.cli import agent, compress, core, fleet, learn, plan, prune, rollout, serve
 from edgegen.cli._common import err_console
 from edgegen.errors import EdgegenError
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for _module in (core, compress, prune, serve, fleet, rollout, agent, plan):
+for _module in (core, compress, prune, serve, fleet, rollout, agent, plan, learn):
     _module.register(app)
 
 
