@@ -160,8 +160,8 @@ def main() -> None:  # noqa: PLR0915
             log(f"distilled {b} min: {r.steps} steps, loss {r.kl_first:.3f} -> {r.kl_last:.3f}")
         curve_files.append((b, out))
     curve_q = quality([p for _, p in curve_files], ref, evalt, args.curve_chunks, 1)
-    curve = [{"minutes": m, "file": str(p), **{k: curve_q[str(p)][k] for k in ("kl_mean", "kl_stderr", "top1_agreement", "ppl")}}
-             for m, p in curve_files]
+    keys = ("kl_mean", "kl_stderr", "top1_agreement", "ppl")
+    curve = [{"minutes": m, "file": str(p), **{k: curve_q[str(p)][k] for k in keys}} for m, p in curve_files]
     final = curve_files[-1][1]
     files["prune+distill+quant"] = work / "prune-distill-quant.gguf"
     costs["prune+distill+quant"] = compress_to(final, files["prune+distill+quant"], small, calib)
@@ -183,15 +183,18 @@ def main() -> None:  # noqa: PLR0915
     rows = {}
     for name, p in files.items():
         rows[name] = {"file": str(p), **q[str(p)], "weight_bytes_per_token": bytes_read_per_token(p),
-                      "decode_cpu_ms_per_token": _spread(dec[name]), "decode_speedup_vs_quant_only_q4km": speedup[name].to_dict(),
+                      "decode_cpu_ms_per_token": _spread(dec[name]),
+                      "decode_speedup_vs_quant_only_q4km": speedup[name].to_dict(),
                       "speedup_supported": supported(speedup[name], noise), "cost": costs.get(name)}
-    a, pdq, pq, same = (rows[k] for k in ("quant-only@Q4_K_M", "prune+distill+quant", "prune+quant", "quant-only@same-size"))
+    a, pdq, pq, same = (rows[k] for k in ("quant-only@Q4_K_M", "prune+distill+quant", "prune+quant",
+                                          "quant-only@same-size"))
     kl0 = curve[0]["kl_mean"]
     targets = {
         "fewer_bytes_per_token": round(1 - pdq["weight_bytes_per_token"] / a["weight_bytes_per_token"], 4),
         "fewer_bytes_ge_25pct": pdq["weight_bytes_per_token"] <= 0.75 * a["weight_bytes_per_token"],
         "decode_speedup_median": round(speedup["prune+distill+quant"].median, 3),
-        "decode_speedup_range": [round(speedup["prune+distill+quant"].low, 3), round(speedup["prune+distill+quant"].high, 3)],
+        "decode_speedup_range": [round(speedup["prune+distill+quant"].low, 3),
+                                 round(speedup["prune+distill+quant"].high, 3)],
         "decode_speedup_ge_1.25_all_rounds": speedup["prune+distill+quant"].low >= 1.25,
         "speed_noisy": noise.noisy, "noise": noise.to_dict(),
         "kl_distilled_over_pruned_unquantized": round(curve[-1]["kl_mean"] / kl0, 4),
@@ -235,7 +238,8 @@ def plot(result: dict, path: Path) -> None:
     axes[1].set(xlabel="file MiB", ylabel="mean KL vs F16", yscale="log")
     axes[2].set(xlabel="file MiB", ylabel="top-1 agreement")
     c = result["distill_curve"]
-    axes[3].plot([p["minutes"] for p in c], [p["kl_mean"] for p in c], "o-", color="tab:green", label="pruned, distilled (unquantized)")
+    axes[3].plot([p["minutes"] for p in c], [p["kl_mean"] for p in c], "o-", color="tab:green",
+                 label="pruned, distilled (unquantized)")
     same = result["rows"]["quant-only@same-size"]["kl_mean"]
     axes[3].axhline(same, color="tab:blue", ls="--", label="quant-only at the same size")
     axes[3].set(xlabel="distillation minutes (2 cores)", ylabel="mean KL vs F16", yscale="log")

@@ -3,14 +3,21 @@ the calibration plays) quantized by llama.cpp to Q4_K_M, against edgegen quant-o
 (files from bench/prune_distill.py's first stage), 3 interleaved rounds, 1 thread, CPU ms per decoded token.
 Not the full bench: the shared lock was held by another helper's benchmarks until the deadline.
 """
-import json, os, sys
+import json
+import os
+import sys
 from pathlib import Path
+
 sys.path.insert(0, "bench")
-from quant_vs_llamacpp import llama_quantize, _spread
-from edgegen.evaluate.bench import compare_speed, bytes_read_per_token
-from edgegen.evaluate.rounds import ratios, Noise, Spread, supported, load_average
-w = Path("/work/cache/edgegen/bench/prune_distill")
-pr = llama_quantize(Path("/tmp/c3/cand-layers26_ffn1024.gguf"), Path("/tmp/c3/pruned-llamacpp-Q4_K_M.gguf"), "Q4_K_M", 1)
+from quant_vs_llamacpp import _spread, llama_quantize
+
+from edgegen.evaluate.bench import bytes_read_per_token, compare_speed
+from edgegen.evaluate.rounds import Noise, Spread, load_average, ratios, supported
+
+# argv: the bench home (bench/prune_distill.py's --out) and an unquantized pruned GGUF (`edgegen prune`)
+w = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/cache/edgegen/bench/prune_distill")
+cand = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/c3/cand-layers26_ffn1024.gguf")
+pr = llama_quantize(cand, cand.with_name("pruned-llamacpp-Q4_K_M.gguf"), "Q4_K_M", 1)
 files = {"quant-only@Q4_K_M (edgegen)": w/"quant-only-q4km.gguf", "llama.cpp Q4_K_M": w/"llamacpp-Q4_K_M.gguf",
          "pruned layers=26,ffn=1024 + llama.cpp Q4_K_M": pr}
 lb = load_average()
@@ -18,6 +25,7 @@ raw = compare_speed(list(files.values()), rounds=3, prompt_tokens=511, gen_token
 dec = {n: raw[str(p)]["decode_cpu_ms_per_token"] for n, p in files.items()}
 noise = Noise(load_before=lb, threads=1, cores=2, max_cv=max(Spread.of(v).cv for v in dec.values()))
 base = dec["quant-only@Q4_K_M (edgegen)"]
-out = {n: {"bytes": p.stat().st_size, "weight_bytes_per_token": bytes_read_per_token(p), "decode_ms": _spread(dec[n]),
-           "speedup_vs_quant_only": ratios(dec[n], base).to_dict(), "supported": supported(ratios(dec[n], base), noise)} for n, p in files.items()}
+out = {n: {"bytes": p.stat().st_size, "weight_bytes_per_token": bytes_read_per_token(p),
+           "decode_ms": _spread(dec[n]), "speedup_vs_quant_only": ratios(dec[n], base).to_dict(),
+           "supported": supported(ratios(dec[n], base), noise)} for n, p in files.items()}
 print(json.dumps({"noise": noise.to_dict(), "files": out, "load_end": os.getloadavg()}, indent=1))
