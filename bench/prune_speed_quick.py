@@ -14,14 +14,15 @@ from quant_vs_llamacpp import _spread, llama_quantize
 from edgegen.evaluate.bench import bytes_read_per_token, compare_speed
 from edgegen.evaluate.rounds import Noise, Spread, load_average, ratios, supported
 
-# argv: the bench home (bench/prune_distill.py's --out) and an unquantized pruned GGUF (`edgegen prune`)
+# argv: the bench home (bench/prune_distill.py's --out), an unquantized pruned GGUF (`edgegen prune`), rounds
 w = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/cache/edgegen/bench/prune_distill")
 cand = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/c3/cand-layers26_ffn1024.gguf")
 pr = llama_quantize(cand, cand.with_name("pruned-llamacpp-Q4_K_M.gguf"), "Q4_K_M", 1)
 files = {"quant-only@Q4_K_M (edgegen)": w/"quant-only-q4km.gguf", "llama.cpp Q4_K_M": w/"llamacpp-Q4_K_M.gguf",
-         "pruned layers=26,ffn=1024 + llama.cpp Q4_K_M": pr}
+         f"pruned {cand.stem} + llama.cpp Q4_K_M": pr}
 lb = load_average()
-raw = compare_speed(list(files.values()), rounds=3, prompt_tokens=511, gen_tokens=32, n_threads=1)
+rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+raw = compare_speed(list(files.values()), rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
 dec = {n: raw[str(p)]["decode_cpu_ms_per_token"] for n, p in files.items()}
 noise = Noise(load_before=lb, threads=1, cores=2, max_cv=max(Spread.of(v).cv for v in dec.values()))
 base = dec["quant-only@Q4_K_M (edgegen)"]
