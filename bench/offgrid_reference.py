@@ -75,10 +75,9 @@ def finetune(home: Path, *, rank: int, steps: int, seq: int, lr: float, alpha: f
     import torch
     import torch.nn.functional as F
 
-    from edgegen.compress.forward import load_forward
+    from edgegen.compress.forward import open_forward
     from edgegen.compress.plan import SourceModel
     from edgegen.formats.convert import cached_reference
-    from edgegen.formats.gguf_file import open_reader
     from edgegen.hub.sources import pull
     from edgegen.hub.texts import (
         CALIBRATION_PLAYS,
@@ -94,9 +93,7 @@ def finetune(home: Path, *, rank: int, steps: int, seq: int, lr: float, alpha: f
     torch.set_num_threads(1)  # a shared 2-core machine: a second thread mostly waits
     ref = cached_reference(pull("smollm2-135m-instruct", home), home)
     out = offgrid_path(home, rank, steps)
-    reader = open_reader(ref)
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
-    fwd = load_forward(reader, meta)
+    reader, _meta, fwd = open_forward(ref)
     train_ids = np.asarray(tokens_of(ref, read_texts(play_files(shakespeare_texts(home), TRAIN_PLAYS))))
     eval_ids = np.asarray(tokens_of(ref, plays_text(home, EVALUATION_PLAYS)))
     ppl_before = perplexity(fwd, eval_ids, seq, 4)

@@ -14,11 +14,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgegen.compress.forward import open_forward
 from edgegen.errors import PruneTargetError
 from edgegen.formats.gguf_file import open_reader
 from edgegen.prune import Importance, PrunePlan, PruneTarget, Shape, make_plan, prune
 from edgegen.prune.apply import write_pruned
-from edgegen.prune.pruner import model_shape, open_model
+from edgegen.prune.pruner import model_shape
 from edgegen.runtime.engine import Engine
 from tests.conftest import STORIES_TEXT
 
@@ -32,7 +33,7 @@ def _llama_logits(path: Path, ids: list[int]) -> np.ndarray:
 
 def _masked_source_logits(src: Path, plan: PrunePlan, ids: list[int]) -> np.ndarray:
     """The source model with the pruned units zeroed out: what pruning must compute."""
-    _r, _m, fwd = open_model(src)
+    _r, _m, fwd = open_forward(src)
     s, hd = plan.source, plan.source.head_dim
     kept = {layer: j for j, layer in enumerate(plan.layers)}
     for i in range(s.n_layer):
@@ -70,11 +71,11 @@ TINY_SHAPE = Shape(n_layer=2, n_ff=128, n_head=4, n_head_kv=2, n_embd=64, head_d
 @given(plan=prune_plans(TINY_SHAPE))
 def test_random_prune_masks_load_in_llama_cpp_and_equal_masking(tiny_gguf: Path, plan: PrunePlan) -> None:
     reader = open_reader(tiny_gguf)
-    _r, _m, src_fwd = open_model(tiny_gguf)
+    _r, _m, src_fwd = open_forward(tiny_gguf)
     assert model_shape(src_fwd) == TINY_SHAPE
     with tempfile.TemporaryDirectory() as tmp:
         out = write_pruned(reader, plan, Path(tmp) / "pruned.gguf")
-        _r2, _m2, fwd = open_model(out)
+        _r2, _m2, fwd = open_forward(out)
         assert model_shape(fwd) == plan.kept  # metadata and tensors agree
         k = plan.kept
         assert fwd.w["blk.0.attn_q.weight"].shape == (k.n_head * k.head_dim, k.n_embd)
@@ -104,7 +105,7 @@ def test_real_scores_drop_the_least_influential_block(stories_gguf: Path, tmp_pa
                    calib_text=STORIES_TEXT * 4, seq_len=32, seqs=2)
     bi = np.asarray(report.block_influence)
     assert sorted(set(range(5)) - set(report.plan["layers"])) == [int(np.argmin(bi))]
-    _r, _m, fwd = open_model(tmp_path / "p.gguf")
+    _r, _m, fwd = open_forward(tmp_path / "p.gguf")
     assert model_shape(fwd) == Shape(4, 128, 4, 2, 64, 8)
     assert _llama_logits(tmp_path / "p.gguf", IDS).shape == (len(IDS), 512)
 

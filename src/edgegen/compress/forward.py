@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -182,3 +183,16 @@ def load_forward(reader: Any, meta: dict[str, Any]) -> LlamaForward:
         arr = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
         weights[t.name] = torch.from_numpy(arr.copy())
     return LlamaForward(hp, weights)
+
+
+def open_forward(path: Path | str) -> tuple[Any, dict[str, Any], LlamaForward]:
+    """(gguf-py reader, metadata without the ``tokenizer.*`` keys, float32 ``LlamaForward``) of a GGUF file.
+
+    Raises ``ModelNotFoundError`` / ``InvalidModelError`` for a missing or malformed file and
+    ``UnsupportedArchitectureError`` for an architecture outside the llama family.
+    """
+    from edgegen.formats.gguf_file import validate_gguf
+
+    reader = validate_gguf(Path(path))
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    return reader, meta, load_forward(reader, meta)

@@ -136,10 +136,11 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
             workdir: Path | str, progress: Callable[[DistillStatus], None] | None = None,
             clock: Callable[[], float] = time.monotonic) -> DistillReport:
     """Distill ``teacher`` into ``student`` for ``config.budget_minutes``; write the result to ``out``."""
+    from edgegen.compress.forward import open_forward
     from edgegen.formats.gguf_write import prepare_output
     from edgegen.prune.apply import write_pruned
     from edgegen.prune.plan import PrunePlan
-    from edgegen.prune.pruner import model_shape, open_model
+    from edgegen.prune.pruner import model_shape
 
     if not config.budget_minutes > 0:
         raise BudgetError(f"the distillation budget must be more than 0 minutes, not {config.budget_minutes}")
@@ -147,7 +148,7 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
     out = prepare_output(Path(out))
     same_tokenizer(student, teacher)
     workdir.mkdir(parents=True, exist_ok=True)
-    reader, _meta, fwd = open_model(student)
+    reader, _meta, fwd = open_forward(student)
     seqs = _sequences(student, text, config.seq_len)[: config.max_sequences]
     ident = {"student": fingerprint(student), "teacher": fingerprint(teacher), **config.loss_settings()}
 

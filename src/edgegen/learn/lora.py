@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgegen.compress.forward import LlamaForward, load_forward
+from edgegen.compress.forward import LlamaForward, open_forward
 from edgegen.errors import InvalidModelError, InvalidTextError
 from edgegen.formats.gguf_file import open_reader
 
@@ -95,10 +95,8 @@ def initial_arrays(gguf: Path, spec: LoraSpec) -> list[np.ndarray]:
 
 
 def load_base(gguf: Path) -> LlamaForward:
-    """The base model of a GGUF file as float32 torch tensors (``compress.forward``)."""
-    reader = open_reader(Path(gguf))
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
-    return load_forward(reader, meta)
+    """The base model of a GGUF file as float32 torch tensors (``compress.forward.open_forward``)."""
+    return open_forward(gguf)[2]
 
 
 class LoraModel:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgegen.compress.forward import open_forward
 from edgegen.prune.importance import Importance, score
 from edgegen.prune.plan import PrunePlan, PruneTarget, Shape, make_plan
 
@@ -36,16 +37,6 @@ class PruneReport:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def open_model(path: Path) -> tuple[Any, dict[str, Any], Any]:
-    """(reader, metadata without the tokenizer, LlamaForward) of a GGUF file."""
-    from edgegen.compress.forward import load_forward
-    from edgegen.formats.gguf_file import validate_gguf
-
-    reader = validate_gguf(Path(path))
-    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
-    return reader, meta, load_forward(reader, meta)
 
 
 def model_shape(fwd: Any) -> Shape:
@@ -80,7 +71,7 @@ def prune(src: Path | str, out: Path | str, target: PruneTarget, *, calib_text: 
     from edgegen.prune.apply import write_pruned
 
     src, out = Path(src), prepare_output(Path(out))
-    reader, _meta, fwd = open_model(src)
+    reader, _meta, fwd = open_forward(src)
     shape = model_shape(fwd)
     target.resolve(shape)  # a bad target fails before the scoring pass
     before = torch.get_num_threads()
@@ -100,5 +91,5 @@ def prune(src: Path | str, out: Path | str, target: PruneTarget, *, calib_text: 
 
 def plan_for(src: Path, target: PruneTarget, calib_text: str, seq_len: int = 256, seqs: int = 8) -> PrunePlan:
     """Only the plan (no file written): for benches and reports."""
-    _reader, _meta, fwd = open_model(Path(src))
+    _reader, _meta, fwd = open_forward(Path(src))
     return make_plan(importance_of(Path(src), fwd, calib_text, seq_len, seqs), model_shape(fwd), target)
