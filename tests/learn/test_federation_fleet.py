@@ -26,9 +26,10 @@ from edgegen.agent.agent import Agent, AgentConfig
 from edgegen.agent.download import sha256_file
 from edgegen.agent.health import HealthPolicy
 from edgegen.agent.quality import QualityPolicy
+from edgegen.errors import UserInputError
 from edgegen.learn.config import LearnConfig
 from edgegen.learn.deploy import Device
-from edgegen.learn.loop import FleetTarget, learn_start, publish_and_roll
+from edgegen.learn.loop import FleetTarget, group_drift_of, learn_start, publish_and_roll
 from edgegen.learn.robust import norm
 from edgegen.telemetry.events import Batch, Event, TelemetryKind
 from edgegen.telemetry.uploader import HttpTransport
@@ -123,6 +124,8 @@ def test_learning_starts_only_on_drift(loop) -> None:  # type: ignore[no-untyped
     ids = {loop["agents"][n].device_id_ for n in DRIFTED}
     assert set(r.drift["drifted"]) == ids, r.drift
     assert "psi.prompt_chars" in next(iter(r.drift["reasons"].values()))
+    with pytest.raises(UserInputError, match="no enrolled, unrevoked device"):
+        group_drift_of(replace(loop["target"], group="nobody"))
 
 
 def test_each_device_scored_the_adapter_on_its_held_out_text(loop) -> None:  # type: ignore[no-untyped-def]
