@@ -1,7 +1,8 @@
-"""Ad-hoc decode check (run 2026-11-30 22:23 UTC, load ~20): a pruned SmolLM2 (layers=26,ffn=1024, scored on
-the calibration plays) quantized by llama.cpp to Q4_K_M, against edgegen quant-only@Q4_K_M and llama.cpp Q4_K_M
-(files from bench/prune_distill.py's first stage), 3 interleaved rounds, 1 thread, CPU ms per decoded token.
-Not the full bench: the shared lock was held by another helper's benchmarks until the deadline.
+"""Decode check of a pruned SmolLM2 against edgegen quant-only@Q4_K_M and llama.cpp Q4_K_M (files from
+bench/prune_distill.py), in interleaved rounds, 1 thread, CPU ms per decoded token; more rounds on a quiet
+machine than bench/prune_distill.py's own speed stage.
+
+    PYTHONPATH=src .venv/bin/python bench/prune_speed_quick.py BENCH_DIR PRUNED.gguf ROUNDS [as-is [MORE.gguf ...]]
 """
 import json
 import os
@@ -27,6 +28,8 @@ else:
     label = f"pruned {cand.stem} + llama.cpp Q4_K_M"
 files = {"quant-only@Q4_K_M (edgegen)": w/"quant-only-q4km.gguf", "llama.cpp Q4_K_M": w/"llamacpp-Q4_K_M.gguf",
          label: pr}
+for extra in sys.argv[5:]:  # more files in the same rounds, as given (e.g. quant-only at the pruned file's size)
+    files[Path(extra).stem] = Path(extra)
 lb = load_average()
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 raw = compare_speed(list(files.values()), rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
