@@ -39,7 +39,8 @@ def prune_cmd(
     src: Annotated[Path, typer.Argument(help="GGUF file (llama family)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output .gguf")],
     target: Annotated[str, typer.Option(
-        "--target", help="what to keep: layers=N,ffn=W,kv=G (any of them) or keep=F, the fraction of block weights")],
+        "--target", help="what to keep: layers=N,ffn=W,kv=G (any of them) or keep=F, the fraction of block weights; "
+        "add ,per_layer for per-block widths by a global importance threshold (written as llama.cpp's deci)")],
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="text file or folder of .txt to score on (default: the calibration plays)")] = None,
     seqs: Annotated[int, typer.Option("--seqs", help="calibration sequences")] = 8,

@@ -65,14 +65,17 @@ class PruneTarget:
     n_head_kv: int | None = None
     keep: float | None = None  # fraction of block weights to keep (exclusive with the above)
     per_layer: bool = False  # widths per block by a global threshold (a deci GGUF) instead of uniform
+    auto: bool = False  # keep decided by the compress budget (``prune.budget``), not given here
 
     @classmethod
     def parse(cls, spec: str) -> PruneTarget:
-        """``layers=N,ffn=W,kv=G`` (any subset) or ``keep=F`` / a bare fraction ``F`` in (0, 1];
-        either followed by ``,per_layer`` for per-block widths."""
+        """``layers=N,ffn=W,kv=G`` (any subset) or ``keep=F`` / a bare fraction ``F`` in (0, 1], or
+        ``auto`` (the budget decides: ``prune.budget``); any followed by ``,per_layer`` for per-block widths."""
         words = [p.strip() for p in spec.strip().split(",") if p.strip()]
         per_layer = any(w.replace("-", "_") == "per_layer" for w in words)
         spec = ",".join(w for w in words if w.replace("-", "_") != "per_layer")
+        if spec.lower() == "auto":
+            return cls(auto=True, per_layer=per_layer)
         try:
             if "=" not in spec:
                 return cls(keep=float(spec), per_layer=per_layer)
@@ -95,6 +98,9 @@ class PruneTarget:
 
     def resolve(self, shape: Shape) -> Shape:
         """The kept shape; PruneTargetError when it keeps nothing or asks for more than the source has."""
+        if self.auto:
+            raise PruneTargetError("the prune target 'auto' is decided by a budget: use edgegen compress --prune auto "
+                                   "with --max-size-mib, --bpw or --speed-of")
         if self.keep is not None:
             return _from_fraction(self.keep, shape)
         out = Shape(self.n_layer or shape.n_layer, self.n_ff or shape.n_ff, shape.n_head,
