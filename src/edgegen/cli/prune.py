@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from edgegen.cli._common import check_output_path, console, err_console, progress_bar
 from edgegen.config import get_settings
 from edgegen.errors import OutputError
+from edgegen.hub.texts import DISTILL_PLAYS  # re-exported: benches import it from here
 
 
 def _write_report(report: Path | None, data: dict[str, Any]) -> None:
@@ -113,11 +114,6 @@ def distill_cmd(
         f"wrote {result.output}: {result.steps} steps ({result.steps - result.resumed_from_step} this run), "
         f"{result.tokens} tokens, {result.elapsed_s / 60:.1f} min; KL {result.kl_first:.4f} -> {result.kl_last:.4f}",
         highlight=False, soft_wrap=True)
-
-
-# every play but those used for calibration and evaluation (hub.texts), so measured KL is held out
-DISTILL_PLAYS = ("othello", "lear", "romeo_and_juliet", "tempest", "merchant_of_venice", "much_ado_about_nothing",
-                 "as_you_like_it", "midsummer_nights_dream", "richard_iii", "henry_v")
 
 
 def register(app: typer.Typer) -> None:
