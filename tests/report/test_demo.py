@@ -8,7 +8,7 @@ import json
 import pytest
 
 from edgegen.config import get_settings
-from edgegen.report.demo import PRUNED_LABEL, run_demo
+from edgegen.report.demo import run_demo
 
 
 @pytest.fixture
@@ -42,10 +42,11 @@ def test_demo_compares_edgegen_with_llamacpp_at_no_larger_size(tmp_path, home, s
 
 
 def test_demo_pruned_variant_is_pruned_distilled_and_no_larger_than_the_anchor(tmp_path, home, stories_gguf):
-    from edgegen.report.demo import _pruned_note, _prune_distill
+    from tests.conftest import STORIES_TEXT
+
+    from edgegen.report.demo import _prune_distill, _pruned_note
     from edgegen.runtime.engine import Engine
     from edgegen.runtime.llamacpp_quant import llamacpp_quantize
-    from tests.conftest import STORIES_TEXT
 
     anchor = llamacpp_quantize(stories_gguf, tmp_path / "anchor.gguf", "Q8_0")
     calib = tmp_path / "calib.txt"

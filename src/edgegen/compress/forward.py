@@ -66,7 +66,8 @@ class HParams:
     @property
     def uniform(self) -> bool:
         """Every block has the same heads (what a uniform prune plan and the importance scorer need)."""
-        return len(set(self.layer_heads or (self.n_head,))) == 1 and len(set(self.layer_heads_kv or (self.n_head_kv,))) == 1
+        heads, kv = self.layer_heads or (self.n_head,), self.layer_heads_kv or (self.n_head_kv,)
+        return len(set(heads)) == 1 and len(set(kv)) == 1
 
 
 def _per_layer(value: Any, n_layer: int, key: str) -> tuple[int, ...]:

@@ -181,9 +181,10 @@ class PrunePlan:
         return self.kept == self.source
 
     def to_dict(self) -> dict:
+        whole = self.source.n_layer * self.source.block_params()
         out = {"layers": list(self.layers), "ffn_width": self.kept.n_ff, "n_head_kv": self.kept.n_head_kv,
                "n_head": self.kept.n_head, "source": asdict(self.source), "kept": asdict(self.kept),
-               "block_weights_kept": round(self.block_weights() / (self.source.n_layer * self.source.block_params()), 4)}
+               "block_weights_kept": round(self.block_weights() / whole, 4)}
         if self.per_layer:
             out.update(per_layer=True, ffn_widths=list(self.ffn_widths), kv_groups_per_layer=list(self.kv_widths))
         return out

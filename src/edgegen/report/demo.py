@@ -6,8 +6,9 @@ reference on held-out text; bench each; write ``report.md``, ``report.json`` and
 chat prompt with the compressed model. With ``prune_distill`` (the default), one more variant:
 the reference pruned to ``PRUNE_DISTILL_TARGET`` of its block weights, distilled from it for
 ``PRUNE_DISTILL_MINUTES`` (a short budget, stated in the report; the full-budget figures come from
-``bench/prune_distill.py``) and quantized at the same size and decode-cost budget as edgegen's row. Intermediate files are reused when present (delete ``out/`` to
-start over). This module orchestrates; the measuring and converting live elsewhere.
+``bench/prune_distill.py``) and quantized at the same size and decode-cost budget as edgegen's row.
+Intermediate files are reused when present (delete ``out/`` to start over). This module orchestrates;
+the measuring and converting live elsewhere.
 """
 
 from __future__ import annotations
