@@ -104,6 +104,11 @@ def test_first_block_keeps_a_kv_group_even_when_it_scores_lowest() -> None:
     assert widths.tolist() == [1, 1, 2]
 
 
+def test_an_untouched_block_keeps_its_whole_unaligned_width() -> None:
+    scores = np.ones((2, 172))  # stories260K's FFN width, not a multiple of 32
+    assert threshold_widths(scores, total=2 * 172, align=32, floor=np.array([32, 32])).tolist() == [172, 172]
+
+
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**16), total=st.integers(0, 40), align=st.sampled_from([1, 4]))
 def test_threshold_widths_fit_the_total_and_rise_with_it(seed: int, total: int, align: int) -> None:

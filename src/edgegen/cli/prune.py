@@ -62,9 +62,11 @@ def prune_cmd(
                        progress=lambda stage, d, t: update(d, t))
     _write_report(report, result.to_dict())
     p = result.plan
+    ffn = ",".join(map(str, p["ffn_widths"])) if p.get("per_layer") else str(p["ffn_width"])
+    kv = ",".join(map(str, p["kv_groups_per_layer"])) if p.get("per_layer") else str(p["n_head_kv"])
     console.print(
         f"wrote {result.output}: {p['kept']['n_layer']} of {p['source']['n_layer']} blocks, FFN "
-        f"{p['ffn_width']}/{p['source']['n_ff']}, KV groups {p['n_head_kv']}/{p['source']['n_head_kv']}; "
+        f"{ffn}/{p['source']['n_ff']}, KV groups {kv}/{p['source']['n_head_kv']}; "
         f"{p['block_weights_kept']:.0%} of block weights kept; {result.output_bytes / 2**20:.1f} MiB",
         highlight=False, soft_wrap=True)
 

@@ -52,6 +52,7 @@ class Importance:
     n_tokens: int
     ffn_global: np.ndarray | None = None  # [n_layer, n_ff] channel's update norm / stream norm
     kv_global: np.ndarray | None = None  # [n_layer, n_head_kv] group's update norm / stream norm
+    stream_norms: np.ndarray | None = None  # [n_layer, 2] mean ||x|| entering attention and the FFN
 
 
 class _Scorer:
@@ -141,4 +142,5 @@ def score(model: LlamaForward, sequences: Sequence[Sequence[int]], progress: Pro
         n_tokens=scorer.tokens,
         ffn_global=(ffn_update / stream_ffn).numpy(),
         kv_global=head_global.reshape(hp.n_layer, hp.n_head_kv, group).sum(-1),
+        stream_norms=torch.cat([stream_attn, stream_ffn], dim=1).numpy(),
     )

@@ -234,8 +234,8 @@ def _per_layer_plan(importance: Importance, shape: Shape, kept: Shape, layers: t
 def threshold_widths(scores: np.ndarray, total: int, align: int, floor: np.ndarray) -> np.ndarray:
     """Per-row widths [rows] keeping the units of ``scores`` [rows, n] above one global threshold.
 
-    Each row's count of units above the threshold is rounded to the nearest multiple of ``align`` and
-    clipped to [floor, n]; the threshold is the lowest whose widths sum to at most ``total`` (the
+    Each row's count of units above the threshold is rounded to the nearest multiple of ``align`` (a
+    row that keeps all ``n`` stays whole, aligned or not) and clipped to [floor, n]; the threshold is the lowest whose widths sum to at most ``total`` (the
     floors alone may exceed it: then the floors). Widths never grow as the threshold rises, so a
     bisection over the distinct scores finds it.
     """
@@ -243,7 +243,8 @@ def threshold_widths(scores: np.ndarray, total: int, align: int, floor: np.ndarr
 
     def widths(tau: float) -> np.ndarray:
         count = (scores > tau).sum(1)
-        return np.clip((count + align // 2) // align * align, floor, n)
+        rounded = np.where(count >= n, n, (count + align // 2) // align * align)  # the whole width is always allowed
+        return np.clip(rounded, floor, n)
 
     taus = np.concatenate([[-np.inf], np.unique(scores)])
     lo, hi = 0, len(taus) - 1  # widths(taus[hi]) are the floors
