@@ -54,7 +54,7 @@ def test_demo_pruned_variant_is_pruned_distilled_and_no_larger_than_the_anchor(t
     out = tmp_path / "pruned.gguf"
     facts = _prune_distill(stories_gguf, out, anchor, calib, 0.05, lambda _m: None)
     assert facts["block_weights_kept"] <= 0.75 and facts["distill_steps"] >= 1 and facts["distill_minutes"] == 0.05
-    assert out.stat().st_size <= anchor.stat().st_size
+    assert out.stat().st_size <= anchor.stat().st_size and not (tmp_path / "pruned.stages").exists()
     with Engine(out, n_ctx=64, n_threads=1) as e:
         assert int(e.metadata["llama.feed_forward_length"]) == facts["ffn_width"]
     assert _prune_distill(stories_gguf, out, anchor, calib, 0.05, lambda _m: None) == facts  # reused

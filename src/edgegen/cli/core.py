@@ -223,7 +223,7 @@ def demo_cmd(
         "Q4_K_M size and decode cost (the default), or compare llama.cpp's alone")] = True,
     prune_distill: Annotated[bool, typer.Option(
         "--prune-distill/--no-prune-distill", envvar="EDGEGEN_DEMO_PRUNE_DISTILL",
-        help="add a pruned + briefly distilled variant at edgegen's size (a few minutes more)")] = True,
+        help="add a pruned + briefly distilled variant at edgegen's size (several minutes more on 2 cores)")] = False,
 ) -> None:
     """The main job: pull, make the F16 reference, compress, eval and bench both, report, chat."""
     from edgegen.report.demo import run_demo
