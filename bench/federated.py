@@ -1,16 +1,17 @@
 """Federated LoRA on real SuperNodes: 5 devices, each holding a different Shakespeare play (non-IID).
 
     .venv/bin/python bench/federated.py [--model smollm2|stories] [--rounds 3] [--local-steps 10]
-                                        [--runs clean,dp2,poison,robust] [--out bench/results/federated.json]
+                                        [--runs secagg,dp,dp2,nodp,poison,robust] [--out ...json]
 
 Every run is Flower's Deployment Engine on loopback (``learn.deploy.Federation``: flower-superlink +
 5 flower-supernode processes). Runs:
 
-    clean      FedAvg, SecAgg+ on, DP at the first noise level (--noise 0.3 by default)
+    secagg     FedAvg, SecAgg+ on, no DP noise: the utility run
+    dp         FedAvg, SecAgg+ on, DP at the first noise level (--noise 0.3, clipping at --clip)
     dp2        the same at the second noise level (--noise2 1.0): the utility/epsilon trade-off
     nodp       FedAvg without SecAgg+ or DP: the clean reference of the poisoning runs
-    poison     as nodp, one device sends 10x its update (``--node-config attack=scale10``)
-    robust     as poison, with the coordinate-wise median (robust rules need SecAgg+ off)
+    poison     as nodp, one device sends a poisoned update (``--attack scale10`` or ``signflip``)
+    robust     as poison, with a robust rule (``--robust median``; robust rules need SecAgg+ off)
 
 Reported per run: each device's held-out perplexity, base vs global adapter (evaluated on the device
 in the last round), the global adapter's perplexity on the union of held-out texts, payload bytes
@@ -84,8 +85,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--noise", type=float, default=0.3)
     ap.add_argument("--noise2", type=float, default=1.0)
-    ap.add_argument("--clip", type=float, default=0.1)
-    ap.add_argument("--runs", default="clean,dp2,nodp,poison,robust")
+    ap.add_argument("--clip", type=float, default=0.5,
+                    help="DP clipping norm of one device's update (an unclipped 8-step update of SmolLM2's "
+                         "rank-8 B factors at lr 3e-3 measures about 4.5)")
+    ap.add_argument("--attack", choices=("scale10", "signflip"), default="scale10")
+    ap.add_argument("--robust", choices=("median", "trimmed-mean", "clipped-mean"), default="median")
+    ap.add_argument("--runs", default="secagg,dp,dp2,nodp,poison,robust")
     ap.add_argument("--no-local", action="store_true", help="skip the local-only baselines")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgegen-bench-federated"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "federated.json")
@@ -105,13 +110,17 @@ def main() -> None:
     base_cfg = LearnConfig(model=str(base), rounds=args.rounds, min_clients=len(PLAYS), local_steps=args.local_steps,
                            seq=args.seq, eval_chunks=args.eval_chunks, lr=args.lr, clipping_norm=args.clip,
                            noise_multiplier=args.noise, round_timeout=1800)
+    plain = replace(base_cfg, secagg=False, noise_multiplier=0.0)
     variants = {
-        "clean": (base_cfg, {}),
+        # SecAgg+ on, no DP noise: the utility run (the server still sees only the sum)
+        "secagg": (replace(base_cfg, noise_multiplier=0.0), {}),
+        # SecAgg+ and DP at the two noise levels (clipping at --clip)
+        "dp": (base_cfg, {}),
         "dp2": (replace(base_cfg, noise_multiplier=args.noise2), {}),
-        "nodp": (replace(base_cfg, secagg=False, noise_multiplier=0.0), {}),
-        "poison": (replace(base_cfg, secagg=False, noise_multiplier=0.0), {"tempest": {"attack": "scale10"}}),
-        "robust": (replace(base_cfg, secagg=False, noise_multiplier=0.0, robust=RobustRule.MEDIAN),
-                   {"tempest": {"attack": "scale10"}}),
+        # neither: the clean reference for the poisoning runs (a robust rule needs each update)
+        "nodp": (plain, {}),
+        "poison": (plain, {"tempest": {"attack": args.attack}}),
+        "robust": (replace(plain, robust=RobustRule(args.robust)), {"tempest": {"attack": args.attack}}),
     }
     cache = args.work / "tokens"
     texts = {p: local_tokens(d, base, cache_dir=cache) for p, d in text_dirs.items()}
@@ -169,7 +178,8 @@ def main() -> None:
         clean = runs["nodp"]["union_ppl_global"]
         report["poisoning"] = {"clean_union_ppl": clean,
                                "poisoned_no_robust_ratio": runs["poison"]["union_ppl_global"] / clean,
-                               "poisoned_median_ratio": runs["robust"]["union_ppl_global"] / clean}
+                               "attack": args.attack, "robust_rule": args.robust,
+                               "poisoned_robust_ratio": runs["robust"]["union_ppl_global"] / clean}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=float))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1, default=float))

@@ -93,6 +93,8 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--curve-chunks", type=int, default=4)
     ap.add_argument("--speed-rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the distillation (the side "
+                    "compressions take the other core when they still have work)")
     ap.add_argument("--bytes-ratio", type=float, default=0.74)
     ap.add_argument("--finish-by", default=None, help="HH:MM UTC: shorten the distillation to end the run by then")
     ap.add_argument("--reserve-minutes", type=float, default=30.0, help="with --finish-by: time kept for the rest")
@@ -148,7 +150,8 @@ def main() -> None:  # noqa: PLR0915
             last = max(2.0, round(left, 1))
             budgets = [round(last / 4, 1), round(last / 2, 1), last]
             log(f"--finish-by {args.finish_by}: distillation curve shrunk to {budgets} minutes")
-    cfg = DistillConfig(budget_minutes=budgets[0], lr=args.lr, seq_len=256, checkpoint_minutes=2.0, n_threads=1)
+    cfg = DistillConfig(budget_minutes=budgets[0], lr=args.lr, seq_len=256, checkpoint_minutes=2.0,
+                         n_threads=args.threads)
     curve_files = [(0.0, pruned)]
     dreports = []
     for b in budgets:

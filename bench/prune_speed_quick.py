@@ -14,12 +14,19 @@ from quant_vs_llamacpp import _spread, llama_quantize
 from edgegen.evaluate.bench import bytes_read_per_token, compare_speed
 from edgegen.evaluate.rounds import Noise, Spread, load_average, ratios, supported
 
-# argv: the bench home (bench/prune_distill.py's --out), an unquantized pruned GGUF (`edgegen prune`), rounds
+# argv: the bench home (bench/prune_distill.py's --out), a pruned GGUF, rounds, and "as-is" when that GGUF is
+# already quantized (e.g. bench/prune_distill.py's prune-distill-quant.gguf); otherwise an unquantized pruned
+# GGUF (`edgegen prune`) that llama.cpp quantizes to Q4_K_M here
 w = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/cache/edgegen/bench/prune_distill")
 cand = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/c3/cand-layers26_ffn1024.gguf")
-pr = llama_quantize(cand, cand.with_name("pruned-llamacpp-Q4_K_M.gguf"), "Q4_K_M", 1)
+as_is = len(sys.argv) > 4 and sys.argv[4] == "as-is"
+if as_is:
+    pr, label = cand, f"pruned {cand.stem} (as given)"
+else:
+    pr = llama_quantize(cand, cand.with_name("pruned-llamacpp-Q4_K_M.gguf"), "Q4_K_M", 1)
+    label = f"pruned {cand.stem} + llama.cpp Q4_K_M"
 files = {"quant-only@Q4_K_M (edgegen)": w/"quant-only-q4km.gguf", "llama.cpp Q4_K_M": w/"llamacpp-Q4_K_M.gguf",
-         f"pruned {cand.stem} + llama.cpp Q4_K_M": pr}
+         label: pr}
 lb = load_average()
 rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 raw = compare_speed(list(files.values()), rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)

@@ -15,6 +15,7 @@ from edgegen.fleet.rollout import (
     DeviceHealth,
     Gate,
     GateMetric,
+    NoTraffic,
     Rollout,
     RolloutState,
     abort,
@@ -208,6 +209,24 @@ def test_drift_gate() -> None:
     (canary,) = r.members()
     assert decide(r, [healthy(canary, drift_alert=True)], 1.0).action is Action.HALT
     assert decide(r, [healthy(canary)], 1.0).action is Action.ADVANCE
+
+
+def test_heldout_perplexity_gate_takes_the_worst_device() -> None:
+    """A LoRA adapter that raises any stage device's held-out perplexity by more than the threshold
+    halts, however much it helps the others; a device without figures does not count as reporting."""
+    r = replace(make(gates=(Gate(GateMetric.HELDOUT_PPL_RATIO, 1.02, 2),)), stage_index=1)
+    members = r.members()
+    better = [healthy(m, heldout_ppl_ratio=0.9) for m in members]
+    assert decide(r, better, 1.0).action is Action.ADVANCE
+    one_worse = better[:-1] + [healthy(members[-1], heldout_ppl_ratio=1.5)]
+    d = decide(r, one_worse, 1.0)
+    assert d.action is Action.HALT and "heldout_ppl_ratio=1.5" in d.reason, d.reason
+    slightly = better[:-1] + [healthy(members[-1], heldout_ppl_ratio=1.01)]
+    assert decide(r, slightly, 1.0).action is Action.ADVANCE  # inside the tolerance
+    quiet = [healthy(m) for m in members]  # nobody measured: the no-report policy applies
+    assert decide(replace(r, no_traffic_s=10.0), quiet, 1.0).action is Action.HOLD
+    assert decide(replace(r, no_traffic_s=10.0, on_no_traffic=NoTraffic.HALT), quiet, 20.0).action is Action.HALT
+    assert Gate.parse("heldout_ppl_ratio<1.02@2") == Gate(GateMetric.HELDOUT_PPL_RATIO, 1.02, 2)
 
 
 def test_settle_fraction_lets_an_offline_device_lag() -> None:

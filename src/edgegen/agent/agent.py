@@ -14,7 +14,9 @@ each safe to repeat after a crash:
               verify the *result's* size + sha256 against the signed manifest; an adapter gets its
               base linked in; a delta that rebuilds wrong bytes is refused and never tried again
     health    load + generate + latency bound on the new slot, base + adapter (attempts counted
-              before each try, so a model that crashes the agent is given up after three)
+              before each try, so a model that crashes the agent is given up after three); a
+              LoRA adapter is also scored on the device's held-out text when it has opted some in
+              (``AgentConfig.quality``, ``agent.quality``): the figures go in the switched report
     switch    atomic replace of ``active.json`` (the commit point), then swap the served model
     report    queue the outcome in the journal's outbox; the outbox is delivered at least once
 
@@ -60,6 +62,7 @@ from edgegen.agent.client import ControlPlaneClient
 from edgegen.agent.download import download
 from edgegen.agent.health import HealthCheckError, HealthPolicy, check_health
 from edgegen.agent.journal import Journal, atomic_write, crashpoint
+from edgegen.agent.quality import QualityPolicy, check_adapter_quality
 from edgegen.agent.serving import Adapters, ModelServer, NullServer, slot_model_id
 from edgegen.agent.slots import ActiveRecord, Slots
 from edgegen.agent.steps import Event, Outcome, Step, next_step
@@ -70,6 +73,7 @@ from edgegen.delta import ENCODING as DELTA_ENCODING
 from edgegen.errors import (
     AuthError,
     BindingError,
+    EdgegenError,
     FleetError,
     FreezeError,
     HashMismatchError,
@@ -119,6 +123,10 @@ class AgentConfig:
     # the device profile to report (a JSON file `edgegen profile` wrote, or a shipped profile's name);
     # sent when it changes, so rollouts can select this device by profile or by fit
     profile: str | None = None
+    # opted-in held-out text: a new LoRA adapter is scored on it (base vs base + adapter perplexity,
+    # ``agent.quality``) before it serves, and the figures go in the switched report for the rollout's
+    # ``heldout_ppl_ratio`` gate; None: no quality check (the text never leaves the device)
+    quality: QualityPolicy | None = None
 
     def __post_init__(self) -> None:
         for name in self.adapters:
@@ -663,6 +671,8 @@ class Agent:
                         raise HealthCheckError(f"the agent died during {MAX_HEALTH_ATTEMPTS} health checks")
                     with self._open_runnable(slots, upd["slot"]) as (model, adapter):
                         report = check_health(model, self.config.health, adapter=adapter)
+                        if adapter is not None and self.config.quality is not None:
+                            upd["quality"] = self._adapter_quality(model, adapter)
                 except HealthCheckError as exc:
                     return self._health_failed(state, upd, exc)
                 upd["health"] = report.as_dict()
@@ -676,6 +686,7 @@ class Agent:
             else:  # Step.REPORT
                 self._queue(state, "switched", version=manifest.version, stream=upd.get("stream"),
                             detail={"health": upd.get("health"), "timings_s": upd.get("timings", {}),
+                                    **({"quality": upd["quality"]} if upd.get("quality") else {}),
                                     "encoding": upd["encoding"], "transfer_bytes": self._transfer(upd, manifest)[0]})
                 state["update"] = None
                 self._clean_downloads(keep=None)
@@ -685,6 +696,16 @@ class Agent:
             timings[step.value] = round(timings.get(step.value, 0.0) + time.perf_counter() - t0, 4)
             crashpoint(f"step.{step.value}.before_save")
             self.journal.save(state)
+
+    def _adapter_quality(self, model: Path, adapter: Path) -> dict[str, Any]:
+        """The adapter's held-out perplexities (``agent.quality``); a device whose text cannot be
+        scored says why instead (the rollout gate then counts it as not reporting)."""
+        assert self.config.quality is not None
+        try:
+            return check_adapter_quality(model, adapter, self.config.quality).as_dict()
+        except EdgegenError as exc:
+            log.warning("adapter quality not measured: %s", exc)
+            return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
     def _health_failed(self, state: dict[str, Any], upd: dict[str, Any], exc: HealthCheckError) -> Outcome:
         reason = f"{type(exc).__name__}: {exc}"

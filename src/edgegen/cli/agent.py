@@ -55,6 +55,10 @@ def run_cmd(
         "--profile", help="this device's profile to report (a JSON file `edgegen profile` wrote, or a shipped "
                           "profile's name): rollouts can then select it with --to profile:NAME or fits "
                           "(default: none reported)")] = None,
+    heldout_text: Annotated[Path | None, typer.Option(
+        "--heldout-text", help="opted-in text folder (*.txt): a new LoRA adapter is scored on its held-out tail, "
+                               "base vs base + adapter perplexity, before it serves; only the two figures are "
+                               "reported, for the heldout_ppl_ratio rollout gate (default: no check)")] = None,
     poll_interval: Annotated[float | None, typer.Option(
         "--poll-interval", help="seconds between polls (default: EDGEGEN_FLEET__POLL_INTERVAL_S)")] = None,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="run the Edge server on the active slot")] = True,
@@ -77,6 +81,7 @@ def run_cmd(
     """
     from edgegen.agent.agent import Agent, AgentConfig, NotEnrolledError
     from edgegen.agent.health import HealthPolicy
+    from edgegen.agent.quality import QualityPolicy
     from edgegen.agent.serving import EdgeServer, NullServer
     from edgegen.agent.trust import TrustLimits
 
@@ -100,6 +105,7 @@ def run_cmd(
         limits=TrustLimits(max_artifact_bytes=fleet.max_download_bytes),
         health=HealthPolicy(max_latency_s=max_latency or getattr(fleet, "health_max_latency_s", 60.0)),
         at_rest_key=at_rest_key, adapters=tuple(adapter or ()), profile=profile,
+        quality=QualityPolicy(heldout_text) if heldout_text is not None else None,
     )
     if profile is not None:
         from edgegen.plan.profile import profile_json

@@ -3,6 +3,7 @@
 
     edgegen learn run   --model BASE.gguf --device NAME=TEXT_DIR ... [--rounds N] [--no-secagg] ...
     edgegen learn start --model BASE.gguf --device NAME=TEXT_DIR ... --group G --adapter NAME [--rounds N]
+                        [--on-drift]   only if the control plane flags drift for G (else one line, exit 0)
 
 ``--device NAME=DIR`` starts one SuperNode for a device whose opted-in text is in DIR (on loopback;
 on a fleet each SuperNode runs on its device). SecAgg+ and DP are on unless turned off. Every default
@@ -103,6 +104,11 @@ def start_cmd(model: ModelOpt, device: DeviceOpt,
               server: Annotated[str | None, typer.Option("--server", help="control plane URL")] = None,
               admin_token: Annotated[str | None, typer.Option("--admin-token", help="admin API token")] = None,
               keys: Annotated[Path | None, typer.Option("--keys", help="publisher keyring directory")] = None,
+              on_drift: Annotated[bool, typer.Option(
+                  "--on-drift", help="run only when the group has drift alerts (for a scheduler)")] = False,
+              drift_hours: Annotated[float, typer.Option("--drift-hours", help="drift alert window")] = 24.0,
+              drift_min_fraction: Annotated[float, typer.Option(
+                  "--drift-min-fraction", help="share of the group that must have alerted (0: one device)")] = 0.0,
               work: WorkOpt = None) -> None:
     """Federate, convert to a GGUF adapter, check, sign, publish and roll out; prints one report."""
     from edgegen.cli import fleet as fleet_cli
@@ -119,9 +125,12 @@ def start_cmd(model: ModelOpt, device: DeviceOpt,
         verify = admin_context(fleet_cli._keys_dir(keys))
     client.close()
     target = FleetTarget(url=url, admin_token=token, keys_dir=fleet_cli._keys_dir(keys), group=group,
-                         adapter=adapter, stages=stages, gates=tuple(gate or ("update_failure_rate<0@1",)),
-                         verify=verify)
+                         adapter=adapter, stages=stages, verify=verify, on_drift=on_drift, drift_hours=drift_hours,
+                         drift_min_fraction=drift_min_fraction, **({"gates": tuple(gate)} if gate else {}))
     report = learn_start(cfg, devices, target, _work(work))
+    if report.state == "no-drift":  # nothing to learn: not a failure (a scheduler calls this periodically)
+        sys.stdout.write(report.reason + "\n")
+        return
     sys.stdout.write(json.dumps(report.to_dict(), indent=1, default=float) + "\n")
     if report.state != "completed":
         raise typer.Exit(1)

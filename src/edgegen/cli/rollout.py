@@ -104,7 +104,9 @@ def rollout_cmd(
                        "DEVICES devices of the stage report (default 1; @1 = one device is enough). Replaces "
                        "only the default gate of the same metric; METRIC=off removes one. Defaults: "
                        "update_failure_rate<0@1, error_rate<0.05@1. Metrics: update_failure_rate, "
-                       "error_rate, p95_latency_ms, p95_latency_ratio, logprob_drop, drift_rate")] = None,
+                       "error_rate, p95_latency_ms, p95_latency_ratio, logprob_drop, drift_rate, "
+                       "heldout_ppl_ratio (a LoRA adapter's worst held-out perplexity ratio, scored by "
+                       "devices run with --heldout-text)")] = None,
     bake: Annotated[float, typer.Option("--bake", help="seconds each stage must run before advancing")] = 0.0,
     settle: Annotated[float, typer.Option("--settle", help="share of a stage that must have installed")] = 1.0,
     no_traffic_s: Annotated[float, typer.Option(

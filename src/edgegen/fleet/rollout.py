@@ -22,8 +22,10 @@ version go back to what they ran before (their ``baseline``). A halted rollout c
 
 Gates are thresholds on update failure rate, error rate, p95 latency (absolute, or as a ratio to the
 previous version's p95 on the same group: robust to the load of the moment), quality (drop of the
-mean output log-probability against the previous version's baseline) and drift alerts, each needing a
-minimum number of reporting devices (capped at the stage size, so a 1-device canary can pass).
+mean output log-probability against the previous version's baseline; for a LoRA adapter, the worst
+device's held-out perplexity ratio with/without it, measured on the device at install) and drift
+alerts, each needing a minimum number of reporting devices (capped at the stage size, so a 1-device
+canary can pass).
 The gate grammar (``Gate.parse``, ``merge_gates``)::
 
     GATE     := METRIC OP THRESHOLD ["@" DEVICES]    e.g. error_rate<0.05@3, p95_latency_ms<=800
@@ -35,7 +37,8 @@ The gate grammar (``Gate.parse``, ``merge_gates``)::
 A gate given by the operator replaces the default gate *of the same metric* only; the other
 defaults stay unless removed with ``METRIC=off``.
 
-No traffic: request-based gates (error rate, latency, log-prob, drift) need requests. A stage
+No traffic: request-based gates (error rate, latency, log-prob, drift) need requests, and the
+held-out perplexity gate needs devices with opted-in text (``REPORT_METRICS``). A stage
 whose devices have all installed (the agent's post-install health check is a synthetic request on
 the new version, and a failure there counts as a failed update) but that saw too few requests
 after ``no_traffic_s`` follows the rollout's ``NoTraffic`` policy: ``advance`` on install health
@@ -80,6 +83,9 @@ class GateMetric(str, Enum):
     P95_LATENCY_RATIO = "p95_latency_ratio"  # that p95 over the previous version's p95 (same fleet, same load)
     LOGPROB_DROP = "logprob_drop"  # baseline mean token log-prob minus the new one (nats)
     DRIFT_RATE = "drift_rate"  # devices with a drift alert / devices on the new version
+    # the worst device's perplexity with the new LoRA adapter over its perplexity without it, each
+    # device on its own held-out text (measured on the device at install: ``agent.quality``)
+    HELDOUT_PPL_RATIO = "heldout_ppl_ratio"
 
 
 class NoTraffic(str, Enum):
@@ -92,6 +98,9 @@ class NoTraffic(str, Enum):
 
 TRAFFIC_METRICS = frozenset({GateMetric.ERROR_RATE, GateMetric.P95_LATENCY_MS, GateMetric.P95_LATENCY_RATIO,
                              GateMetric.LOGPROB_DROP, GateMetric.DRIFT_RATE})
+# gates that need more than an install to report: requests, or a device's own evaluation (a device
+# without opted-in text never reports one); the no-traffic policy applies to all of them
+REPORT_METRICS = TRAFFIC_METRICS | {GateMetric.HELDOUT_PPL_RATIO}
 
 
 class Action(str, Enum):
@@ -292,6 +301,7 @@ class DeviceHealth:
     logprob_sum: float = 0.0  # sum of per-request mean token log-probabilities
     logprob_n: int = 0
     drift_alert: bool = False
+    heldout_ppl_ratio: float | None = None  # ppl(base + adapter) / ppl(base) on its held-out text
 
     @property
     def settled(self) -> bool:
@@ -373,6 +383,10 @@ def read_gate(gate: Gate, devices: Sequence[DeviceHealth], baseline: Baseline) -
     elif gate.metric is GateMetric.DRIFT_RATE:
         reporting = len(on)
         value = sum(d.drift_alert for d in on) / reporting if reporting else None
+    elif gate.metric is GateMetric.HELDOUT_PPL_RATIO:
+        ratios = [d.heldout_ppl_ratio for d in on if d.heldout_ppl_ratio is not None]
+        reporting = len(ratios)
+        value = max(ratios) if ratios else None  # the worst device: an adapter must not hurt any of them
     else:  # pragma: no cover - exhaustive over GateMetric
         raise AssertionError(gate.metric)
     return GateReading(gate, value, reporting, needed)
@@ -405,7 +419,7 @@ def decide(rollout: Rollout, devices: Sequence[DeviceHealth], now: float,
     elapsed = now - rollout.stage_started_at
     note = ""
     if waiting:
-        quiet = all(r.gate.metric in TRAFFIC_METRICS for r in waiting)
+        quiet = all(r.gate.metric in REPORT_METRICS for r in waiting)
         what = "; ".join(map(str, waiting))
         if not quiet or rollout.on_no_traffic is NoTraffic.WAIT or elapsed < rollout.no_traffic_s:
             left = ("" if not quiet or rollout.on_no_traffic is NoTraffic.WAIT else

@@ -90,6 +90,11 @@ class RolloutClient(AdminClient):
     def tick(self) -> list[dict[str, Any]]:
         return self._call("POST", "/v1/admin/rollouts/tick")
 
+    def drift(self, group: str, *, hours: float = 24.0, min_fraction: float = 0.0) -> dict[str, Any]:
+        """The group's drift verdict (``drift.group.GroupDrift.to_dict``: ``flagged``, ``summary``...)."""
+        return self._call("GET", "/v1/admin/drift", params={"group": group, "hours": hours,
+                                                            "min_fraction": min_fraction})
+
     def telemetry_streams(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/admin/telemetry/streams")
 

@@ -14,6 +14,8 @@
                                                serves beside its model (multi-LoRA): the released
                                                (staged) or newest free version of that stream
     stage_health(session, rollout)             per-device ``DeviceHealth`` of the current stage
+                                               (with each device's held-out perplexity ratio from
+                                               its switched report, for the ``heldout_ppl_ratio`` gate)
     to_domain / save                           row <-> the pure ``fleet.rollout.Rollout``
 
 The decisions themselves are pure (``fleet/rollout.py``); the loop that applies them is
@@ -350,10 +352,33 @@ def failed_devices(session: Session, device_ids: list[str], version: int, since:
     return {d for d in session.scalars(q) if d is not None}
 
 
+def heldout_ppl_ratios(session: Session, device_ids: list[str], model: str, version: int,
+                       since: datetime) -> dict[str, float]:
+    """device -> ppl(base + adapter) / ppl(base) on its own held-out text, from the ``quality`` of its
+    latest ``switched`` report of ``model`` v``version`` (``agent.quality``); devices without one are left out."""
+    q = (select(DeviceEvent.device_id, DeviceEvent.detail)
+         .where(DeviceEvent.device_id.in_(device_ids), DeviceEvent.version == version,
+                DeviceEvent.model_name == model, DeviceEvent.kind == EventKind.SWITCHED.value,
+                DeviceEvent.at >= since)
+         .order_by(DeviceEvent.id))
+    out: dict[str, float] = {}
+    for dev_id, detail in session.execute(q).all():
+        quality = (detail or {}).get("quality") or {}
+        try:
+            ppl, base = float(quality["ppl"]), float(quality["ppl_base"])
+        except (KeyError, TypeError, ValueError):
+            continue  # no figures (no opted-in text, or it could not be scored)
+        if dev_id is not None and base > 0 and ppl == ppl:  # a NaN perplexity is no report
+            out[dev_id] = ppl / base
+    return out
+
+
 def stage_health(session: Session, r: Rollout, created_at: datetime) -> tuple[list[DeviceHealth], Baseline]:
     members = r.members()
     rows = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(members)))}
     failed = failed_devices(session, members, r.version, created_at - timedelta(seconds=1))
+    ratios = (heldout_ppl_ratios(session, members, r.model, r.version, created_at - timedelta(seconds=1))
+              if any(g.metric is GateMetric.HELDOUT_PPL_RATIO for g in r.gates) else {})
     since = _dt(r.stage_started_at)
     health: list[DeviceHealth] = []
     for dev_id in members:
@@ -368,6 +393,7 @@ def stage_health(session: Session, r: Rollout, created_at: datetime) -> tuple[li
             latencies_ms=win.latencies_ms if win else (), logprob_sum=win.logprob_sum if win else 0.0,
             logprob_n=win.logprob_n if win else 0,
             drift_alert=on and tstore.drift_alert_since(session, dev_id, r.version, since),
+            heldout_ppl_ratio=ratios.get(dev_id) if on else None,
         ))
     return health, baseline_of(session, r, created_at)
 

@@ -54,7 +54,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from edgegen.learn.config import LearnConfig, StrategyName
 from edgegen.learn.lora import initial_arrays
 from edgegen.learn.privacy import epsilon
-from edgegen.learn.robust import Attack, RobustFedAvg, RobustRule, poison
+from edgegen.learn.robust import Attack, RobustFedAvg, RobustRule, norm, poison
 
 __all__ = ["client", "server"]
 
@@ -251,8 +251,10 @@ class LoraClient(NumPyClient):
         if audit:
             Path(str(audit)).mkdir(parents=True, exist_ok=True)
             np.savez(Path(str(audit)) / f"{self.device}-round{rnd}.npz", *new)
+        # client drift: how far local training moved the factors from the global ones (L2, honest update)
+        drift = norm([n - np.asarray(o, dtype=np.float32) for n, o in zip(new, parameters)])
         return new, 1, {"device": self.device, "steps": stats.steps, "loss_first": stats.loss_first,
-                        "loss_last": stats.loss_last, "train_s": stats.seconds}
+                        "loss_last": stats.loss_last, "train_s": stats.seconds, "update_norm": drift}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
         model, text = self._load()

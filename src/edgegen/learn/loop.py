@@ -1,6 +1,9 @@
 """The federated loop closed into the fleet: learn on the devices, ship what was learnt back to them.
 
     learn_start(cfg, devices, fleet, work_dir) -> LearnReport      ``edgegen learn start``
+        0. trigger       with ``fleet.on_drift``: the control plane's drift verdict for the group
+                         (``GET /v1/admin/drift``, ``drift.group``); no drift flagged -> stop here
+                         (state ``no-drift``), before any device trains
         1. federate      Flower run over the devices' SuperNodes (``learn.deploy``): LoRA factors
                          trained on each device's own text, SecAgg+ and DP by default
         2. judge         each device evaluated the global adapter against the base on its own
@@ -12,13 +15,16 @@
                          text (the conversion is right, without reading any device's text)
         4. publish       signed (the publisher's targets key) as the next version of the adapter
                          stream, bound to the base model's sha256
-        5. roll out      a staged rollout over the group with the fleet's gates; a version that
-                         breaches a gate halts at its stage and its devices go back (``fleet.rollout``)
+        5. roll out      a staged rollout over the group with the fleet's gates, always with the
+                         held-out perplexity gate (``heldout_ppl_ratio < 1 + max_regression``: each
+                         device scores the adapter on its own held-out text at install,
+                         ``agent.quality``); a version that breaches a gate halts at its stage and
+                         its devices go back (``fleet.rollout``): a worse adapter stops at the canary
     publish_and_roll(adapter, fleet, base) -> dict                  steps 4-5 alone
 
 Every step's outcome goes into one ``LearnReport``; a step that refuses stops the loop there and the
-report says why. Not here: deciding *when* to learn (drift alerts are on the console; an operator or
-a scheduler starts this), and a device-side evaluation of the GGUF file itself.
+report says why. Not here: running on a schedule (a scheduler calls ``edgegen learn start --on-drift``
+periodically; the drift verdict decides whether anything runs).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from edgegen.errors import FleetError, UserInputError
 from edgegen.learn.config import LearnConfig
 from edgegen.learn.deploy import Device, Federation
 
-__all__ = ["FleetTarget", "LearnReport", "adapter_from_result", "conversion_check", "judge", "learn_start",
-           "publish_and_roll"]
+__all__ = ["FleetTarget", "LearnReport", "adapter_from_result", "conversion_check", "group_drift_of", "judge",
+           "learn_start", "publish_and_roll"]
 
 PROBE_TEXT = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
               "One day, she saw a big, red ball.")  # public text: the conversion check reads no device's text
@@ -55,12 +61,17 @@ class FleetTarget:
     no_traffic_s: float = 0.0
     max_regression: float = 0.02  # a device whose held-out perplexity rose more than this stops the loop
     rollout_timeout_s: float = 600.0
+    on_drift: bool = False  # run only when the control plane flags drift for the group
+    drift_hours: float = 24.0  # the window of drift alerts looked at
+    drift_min_fraction: float = 0.0  # share of the group that must have alerted (0: one device)
     verify: Any = None  # the operator's TLS context for an https control plane (fleet.tls.admin_context)
 
 
 @dataclass
 class LearnReport:
-    state: str = "started"  # refused-quality | refused-conversion | halted | completed | timeout
+    state: str = "started"  # no-drift | refused-quality | refused-conversion | publish-failed | halted |
+    #                          completed | timeout
+    drift: dict[str, Any] = field(default_factory=dict)  # the group's drift verdict (with --on-drift)
     federated: dict[str, Any] = field(default_factory=dict)
     devices: list[dict[str, Any]] = field(default_factory=list)
     conversion: dict[str, Any] = field(default_factory=dict)
@@ -137,16 +148,21 @@ def conversion_check(cfg: LearnConfig, adapter: Path, arrays_dir: Path) -> dict[
 def publish_and_roll(adapter: Path, fleet: FleetTarget, base_model: Path, work_dir: Path,
                      tick: Callable[[], None] | None = None) -> dict[str, Any]:
     """Sign ``adapter`` as the next version of ``fleet.adapter`` (bound to the base's sha256), publish
-    it, start a staged rollout over ``fleet.group`` and follow it to a final state.
+    it, start a staged rollout over ``fleet.group`` with ``fleet.gates`` (plus the held-out perplexity
+    gate at ``1 + fleet.max_regression`` unless one is given) and follow it to a final state.
 
     ``tick``: called between polls (tests drive their in-process agents with it). Raises
     ``FleetError`` subclasses from the registry and rollout API."""
     from edgegen.agent.download import sha256_file
     from edgegen.fleet.keys import Keyring
     from edgegen.fleet.publish import build_release
+    from edgegen.fleet.rollout import GateMetric
     from edgegen.fleet.rollout_client import RolloutClient
 
     ring = Keyring.open(fleet.keys_dir)
+    gates = list(fleet.gates)
+    if not any(g.strip().startswith(GateMetric.HELDOUT_PPL_RATIO.value) for g in gates):
+        gates.append(f"{GateMetric.HELDOUT_PPL_RATIO.value}<{1 + fleet.max_regression:g}@1")
     with RolloutClient(fleet.url, fleet.admin_token, verify=fleet.verify) as admin:
         # devices accept only versions newer than what they run, whatever stream it came from
         members = [d for d in admin.devices() if d.get("group") == fleet.group]
@@ -156,7 +172,7 @@ def publish_and_roll(adapter: Path, fleet: FleetTarget, base_model: Path, work_d
                             work_dir=Path(work_dir) / f"release-{fleet.adapter}-{version}",
                             base_sha256=sha256_file(Path(base_model))[0])
         admin.publish(rel)
-        r = admin.start(fleet.adapter, version, fleet.group, stages=fleet.stages, gates=list(fleet.gates),
+        r = admin.start(fleet.adapter, version, fleet.group, stages=fleet.stages, gates=gates,
                         key=ring.targets_key, on_no_traffic="advance", no_traffic_s=fleet.no_traffic_s)
         deadline = time.monotonic() + fleet.rollout_timeout_s
         percents: list[int] = []
@@ -175,12 +191,26 @@ def publish_and_roll(adapter: Path, fleet: FleetTarget, base_model: Path, work_d
                 "reason": show.get("reason") or show.get("halt_reason") or ""}
 
 
+def group_drift_of(fleet: FleetTarget) -> dict[str, Any]:
+    """The control plane's drift verdict for ``fleet.group`` (``drift.group.GroupDrift.to_dict``).
+    Raises ``FleetError`` / ``UserInputError`` (unknown group, refused token) from the admin API."""
+    from edgegen.fleet.rollout_client import RolloutClient
+
+    with RolloutClient(fleet.url, fleet.admin_token, verify=fleet.verify) as admin:
+        return admin.drift(fleet.group, hours=fleet.drift_hours, min_fraction=fleet.drift_min_fraction)
+
+
 def learn_start(cfg: LearnConfig, devices: list[Device], fleet: FleetTarget, work_dir: Path, *,
                 run_timeout: float = 1800.0, tick: Callable[[], None] | None = None) -> LearnReport:
     """The whole loop (module docstring); returns its report, whatever step it stopped at."""
     work_dir = Path(work_dir)
     cfg = replace(cfg, out_dir=str(work_dir / "run")).check()
     report = LearnReport()
+    if fleet.on_drift:
+        report.drift = group_drift_of(fleet)
+        if not report.drift["flagged"]:
+            report.state, report.reason = "no-drift", report.drift["summary"]
+            return report
     with Federation(work_dir / "federation", devices) as fed:
         result = fed.run(cfg, timeout=run_timeout)
     report.federated = {k: result[k] for k in ("wall_s", "adapter_bytes", "epsilon", "delta")}

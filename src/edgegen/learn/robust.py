@@ -140,4 +140,7 @@ class RobustFedAvg(FedAvg):  # type: ignore[misc]
         updates = [[n - o for n, o in zip(parameters_to_ndarrays(fit_res.parameters), old)] for _, fit_res in results]
         step = aggregate(updates, self.rule, clip=self.clip, beta=self.beta)
         new = [(o + s).astype(np.float32) for o, s in zip(old, step)]
-        return ndarrays_to_parameters(new), {"clients": len(results)}
+        metrics: dict[str, Any] = {"clients": len(results)}
+        if self.fit_metrics_aggregation_fn is not None:  # as FedAvg does: the per-device fit metrics
+            metrics.update(self.fit_metrics_aggregation_fn([(r.num_examples, r.metrics) for _, r in results]))
+        return ndarrays_to_parameters(new), metrics

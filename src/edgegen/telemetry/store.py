@@ -228,6 +228,21 @@ def drift_alert_since(session: Session, device_id: str, version: int | None, sin
     return any(bool(b.get("drift")) for b in session.scalars(q))
 
 
+def drift_alerts(session: Session, device_ids: Sequence[str], since: datetime) -> dict[str, str]:
+    """device -> reasons of its latest drift alert *received* since ``since`` (any model version)."""
+    if not device_ids:
+        return {}
+    q = (select(TelemetryEvent.device_id, TelemetryEvent.body)
+         .where(TelemetryEvent.device_id.in_(list(device_ids)), TelemetryEvent.kind == TelemetryKind.DRIFT.value,
+                TelemetryEvent.received_at >= since)
+         .order_by(TelemetryEvent.received_at, TelemetryEvent.id))
+    out: dict[str, str] = {}
+    for dev, body in session.execute(q).all():
+        if body.get("drift"):
+            out[dev] = str(body.get("reasons", ""))
+    return out
+
+
 def recent(session: Session, kind: TelemetryKind, since: datetime, limit: int = 20000) -> list[TelemetryEvent]:
     return list(session.scalars(
         select(TelemetryEvent).where(TelemetryEvent.kind == kind.value, TelemetryEvent.at >= since)

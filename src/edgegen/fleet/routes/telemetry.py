@@ -7,6 +7,9 @@
     GET  /v1/admin/telemetry/streams   (admin) per device stream: stored, duplicates, dropped, max seq
     GET  /v1/admin/telemetry/events    (admin) newest events, filterable by device and kind
     POST /v1/admin/telemetry/prune     (admin) apply the retention policy now; pruned counts per device
+    GET  /v1/admin/drift?group=G       (admin) the group's drift verdict (``drift.group``): which
+                                       members raised a drift alert in the last ``hours``, and
+                                       whether that flags the group for learning
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 
+from edgegen.drift.group import group_drift
 from edgegen.fleet.auth import AdminDep, DeviceDep, PlaneDep, SessionDep
 from edgegen.fleet.db import Device
 from edgegen.fleet.rollout import RolloutState
@@ -111,3 +115,17 @@ def prune_now(_: AdminDep, session: SessionDep, plane: PlaneDep) -> dict[str, An
     return {"pruned": {d: {"by_age": a, "by_size": b} for d, (a, b) in pruned.items()},
             "totals": {r.device_id: {"by_age": r.pruned_by_age, "by_size": r.pruned_by_size}
                        for r in session.scalars(select(retention.TelemetryRetention))}}
+
+
+@router.get("/v1/admin/drift")
+def drift(_: AdminDep, session: SessionDep, group: str, hours: float = 24.0,
+          min_fraction: float = 0.0) -> dict[str, Any]:
+    if not 0 < hours <= 24 * 90 or not 0 <= min_fraction <= 1:
+        raise HTTPException(422, "hours must be in (0, 2160] and min_fraction in [0, 1]")
+    members = list(session.scalars(select(Device.id).where(Device.group == group, Device.revoked_at.is_(None))))
+    if not members:
+        raise HTTPException(404, f"group {group!r} has no enrolled, unrevoked device")
+    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    verdict = group_drift(group, members, store.drift_alerts(session, members, since), min_fraction=min_fraction,
+                          hours=hours)
+    return verdict.to_dict()
