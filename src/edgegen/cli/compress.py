@@ -69,7 +69,8 @@ def compress_cmd(
     report: Annotated[Path | None, typer.Option("--report", help="write the JSON report here")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default 1)")] = None,
     prune: Annotated[str | None, typer.Option(
-        "--prune", help="prune first: layers=N,ffn=W,kv=G or keep=F (see edgegen prune)")] = None,
+        "--prune", help="prune first: layers=N,ffn=W,kv=G, keep=F, or auto (the size/speed budget decides: "
+        "prune what does not fit at 4.5 bpw); add ,per_layer for per-block widths (deci)")] = None,
     distill_minutes: Annotated[float, typer.Option(
         "--distill-minutes", help="with --prune: distill from the source for this long before quantizing")] = 0.0,
 ) -> None:

@@ -221,11 +221,14 @@ def demo_cmd(
     with_edgegen: Annotated[bool, typer.Option(
         "--edgegen/--llamacpp-only", help="compress with edgegen's quantizer too, at no more than llama.cpp's "
         "Q4_K_M size and decode cost (the default), or compare llama.cpp's alone")] = True,
+    prune_distill: Annotated[bool, typer.Option(
+        "--prune-distill/--no-prune-distill", envvar="EDGEGEN_DEMO_PRUNE_DISTILL",
+        help="add a pruned + briefly distilled variant at edgegen's size (several minutes more on 2 cores)")] = False,
 ) -> None:
     """The main job: pull, make the F16 reference, compress, eval and bench both, report, chat."""
     from edgegen.report.demo import run_demo
 
-    report = run_demo(out, model=model, text=text, with_edgegen=with_edgegen,
+    report = run_demo(out, model=model, text=text, with_edgegen=with_edgegen, prune_distill=prune_distill,
                       log=lambda msg: err_console.print(msg, highlight=False))
     console.print(f"report: {report}", highlight=False)
 

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from edgegen.cli._common import check_output_path, console, err_console, progress_bar
 from edgegen.config import get_settings
 from edgegen.errors import OutputError
+from edgegen.hub.texts import DISTILL_PLAYS  # re-exported: benches import it from here
 
 
 def _write_report(report: Path | None, data: dict[str, Any]) -> None:
@@ -39,7 +40,8 @@ def prune_cmd(
     src: Annotated[Path, typer.Argument(help="GGUF file (llama family)")],
     out: Annotated[Path, typer.Option("-o", "--out", help="output .gguf")],
     target: Annotated[str, typer.Option(
-        "--target", help="what to keep: layers=N,ffn=W,kv=G (any of them) or keep=F, the fraction of block weights")],
+        "--target", help="what to keep: layers=N,ffn=W,kv=G (any of them) or keep=F, the fraction of block weights; "
+        "add ,per_layer for per-block widths by a global importance threshold (written as llama.cpp's deci)")],
     calib: Annotated[Path | None, typer.Option(
         "--calib", help="text file or folder of .txt to score on (default: the calibration plays)")] = None,
     seqs: Annotated[int, typer.Option("--seqs", help="calibration sequences")] = 8,
@@ -60,9 +62,11 @@ def prune_cmd(
                        progress=lambda stage, d, t: update(d, t))
     _write_report(report, result.to_dict())
     p = result.plan
+    ffn = ",".join(map(str, p["ffn_widths"])) if p.get("per_layer") else str(p["ffn_width"])
+    kv = ",".join(map(str, p["kv_groups_per_layer"])) if p.get("per_layer") else str(p["n_head_kv"])
     console.print(
         f"wrote {result.output}: {p['kept']['n_layer']} of {p['source']['n_layer']} blocks, FFN "
-        f"{p['ffn_width']}/{p['source']['n_ff']}, KV groups {p['n_head_kv']}/{p['source']['n_head_kv']}; "
+        f"{ffn}/{p['source']['n_ff']}, KV groups {kv}/{p['source']['n_head_kv']}; "
         f"{p['block_weights_kept']:.0%} of block weights kept; {result.output_bytes / 2**20:.1f} MiB",
         highlight=False, soft_wrap=True)
 
@@ -112,11 +116,6 @@ def distill_cmd(
         f"wrote {result.output}: {result.steps} steps ({result.steps - result.resumed_from_step} this run), "
         f"{result.tokens} tokens, {result.elapsed_s / 60:.1f} min; KL {result.kl_first:.4f} -> {result.kl_last:.4f}",
         highlight=False, soft_wrap=True)
-
-
-# every play but those used for calibration and evaluation (hub.texts), so measured KL is held out
-DISTILL_PLAYS = ("othello", "lear", "romeo_and_juliet", "tempest", "merchant_of_venice", "much_ado_about_nothing",
-                 "as_you_like_it", "midsummer_nights_dream", "richard_iii", "henry_v")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,9 +10,13 @@ Stages, each a library call of its own package, their files kept in ``workdir`` 
               checkpoint; skipped when ``distill_minutes`` is 0)
     quantize  ``compress.pipeline.compress`` (calibrated mixed precision under ``budget``) -> ``out``
 
-The size budget binds the final file only; how much to prune is the caller's choice (``prune_target``),
-not derived from the budget. An HF folder is converted to an F32 GGUF first. Errors are those of the
-stages (PruneTargetError, BudgetError, TokenizerMismatchError, InvalidTextError, ...).
+How much to prune is the caller's choice (``prune_target``), or, with ``PruneTarget.parse("auto")``,
+the budget's: ``prune.budget.auto_keep`` turns the size budget (``max_size_mib`` or ``bpw``) and the
+speed budget (``--speed-of``) into a fraction of block weights to keep, so that what remains fits at
+4.5 bits per weight; when quantization alone fits at or above that floor, nothing is pruned or
+distilled (stages: quantize only) and the report says why. An HF folder is converted to an F32 GGUF
+first. Errors are those of the stages (PruneTargetError, BudgetError, TokenizerMismatchError,
+InvalidTextError, ...).
 """
 
 from __future__ import annotations
@@ -71,6 +75,15 @@ def compress_staged(
             convert_model(src, converted, dtype="f32")
         src = converted
         stages.append("convert")
+    decision = None
+    if getattr(prune_target, "auto", False):
+        decision = decide_auto(src, budget)
+        if decision.keep >= 1.0:
+            result = compress(src, out, budget=budget, calib_text=calib_text, config=config, progress=progress)
+            return StagedReport(prune={"auto": decision.to_dict(), "skipped": "quantization alone fits at or "
+                                       f"above {decision.floor_bpw} bits per weight"}, distill=None,
+                                compress=result, workdir=str(work), stages=[*stages, "quantize"])
+        prune_target = replace(prune_target, auto=False, keep=decision.keep)
     pruned = work / "pruned.gguf"
     report = prune(src, pruned, prune_target, calib_text=calib_text,
                    progress=(lambda s, d, t: progress("prune", d, t)) if progress else None)
@@ -85,4 +98,21 @@ def compress_staged(
         stages.append("distill")
     result = compress(student, out, budget=budget, calib_text=calib_text, config=config, progress=progress)
     stages.append("quantize")
-    return StagedReport(prune=report.to_dict(), distill=dist, compress=result, workdir=str(work), stages=stages)
+    prune_report = report.to_dict() if decision is None else {**report.to_dict(), "auto": decision.to_dict()}
+    return StagedReport(prune=prune_report, distill=dist, compress=result, workdir=str(work), stages=stages)
+
+
+def decide_auto(src: Path, budget: Budget | None) -> Any:
+    """``prune.budget.auto_keep`` for the GGUF ``src`` under ``budget`` (an ``AutoPrune``)."""
+    from edgegen.formats.gguf_file import validate_gguf
+    from edgegen.prune.budget import auto_keep, floor_ns_per_weight, weight_counts
+
+    counts = weight_counts(validate_gguf(src))
+    max_bytes = None
+    if budget is not None and budget.max_bytes is not None:
+        max_bytes = budget.max_bytes
+    elif budget is not None and budget.bpw is not None:  # tensor bits per weight, as the quantizer counts
+        max_bytes = int(budget.bpw * (counts.block + counts.other) / 8) + counts.overhead_bytes
+    decode_ms = budget.max_decode_ms if budget is not None else None
+    ns = floor_ns_per_weight(dict(budget.speed_costs)) if decode_ms is not None and budget.speed_costs else None
+    return auto_keep(counts, max_bytes=max_bytes, max_decode_ms=decode_ms, ns_floor=ns)

@@ -138,9 +138,7 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
     """Distill ``teacher`` into ``student`` for ``config.budget_minutes``; write the result to ``out``."""
     from edgegen.compress.forward import open_forward
     from edgegen.formats.gguf_write import prepare_output
-    from edgegen.prune.apply import write_pruned
-    from edgegen.prune.plan import PrunePlan
-    from edgegen.prune.pruner import model_shape
+    from edgegen.prune.apply import write_weights
 
     if not config.budget_minutes > 0:
         raise BudgetError(f"the distillation budget must be more than 0 minutes, not {config.budget_minutes}")
@@ -224,7 +222,7 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
         torch.set_num_threads(threads_before)
         cache.close()
     trained = {n: fwd.w[n].detach().numpy() for n in fwd.w}
-    write_pruned(reader, PrunePlan.identity(model_shape(fwd)), out, weights=lambda n: trained[n])
+    write_weights(reader, out, lambda n: trained[n])
     losses = [c[2] for c in curve]
     return DistillReport(
         student=str(student), teacher=str(teacher), output=str(out), steps=step, tokens=tokens,

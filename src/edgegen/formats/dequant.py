@@ -34,9 +34,11 @@ def _value(reader_field: Any, vtype: Any, index: int) -> Any:
     return part[0].item()
 
 
-def metadata_copier(reader: Any, file_type: int, skip: frozenset[str] = frozenset()):
+def metadata_copier(reader: Any, file_type: int, skip: frozenset[str] = frozenset(),
+                    rename: tuple[str, str] | None = None):
     """A callback that writes the source's metadata (see the module docstring) into a GGUFWriter;
-    keys in ``skip`` are left out."""
+    keys in ``skip`` are left out; ``rename=(old, new)`` writes keys starting ``old`` as ``new...``
+    (the hyper-parameters of one architecture under another's name)."""
     import gguf
 
     if reader.fields.get("split.count") is not None and int(reader.fields["split.count"].contents()) > 1:
@@ -47,6 +49,8 @@ def metadata_copier(reader: Any, file_type: int, skip: frozenset[str] = frozense
             if key.startswith("GGUF.") or key in _SKIP_KEYS or key in skip:
                 continue
             vtype = f.types[0]
+            if rename is not None and key.startswith(rename[0]):
+                key = rename[1] + key[len(rename[0]):]
             if vtype == gguf.GGUFValueType.ARRAY:
                 sub = f.types[1] if len(f.types) > 1 else None
                 if sub is None or sub == gguf.GGUFValueType.ARRAY:

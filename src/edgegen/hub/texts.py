@@ -75,6 +75,9 @@ def read_text_source(path: Path, what: str = "text file") -> str:
 # split is by play, so no play is in both sets in either edition.
 CALIBRATION_PLAYS = ("macbeth", "julius_caesar", "coriolanus")
 EVALUATION_PLAYS = ("hamlet", "twelfth_night")
+# the distillation corpus: every play but the calibration and evaluation ones, so measured KL is held out
+DISTILL_PLAYS = ("othello", "lear", "romeo_and_juliet", "tempest", "merchant_of_venice", "much_ado_about_nothing",
+                 "as_you_like_it", "midsummer_nights_dream", "richard_iii", "henry_v")
 
 
 def play_files(folder: Path, plays: tuple[str, ...]) -> list[Path]:

@@ -17,6 +17,13 @@ Which scores, and why:
            turns the residual stream is the cheapest to remove; ShortGPT reports BI beats removing by
            position or by perplexity change, and it needs one forward pass.
 
+    global Width scores that compare across blocks, for per-layer widths (``plan``, ``per_layer``): the
+           mean norm of what the unit adds to the residual stream (FFN channel j: |m_j| * ||W_down[:, j]||;
+           head h: ||W_o[:, h] a_h||, summed over a KV group's heads), divided by the mean norm of the
+           stream entering that sub-layer. Minitron's own scores rank units within a block, but their
+           scale follows each block's activations; dividing the update by the stream it joins is
+           ShortGPT's idea (a block matters as much as it turns the stream) brought down to units.
+
 Scores are float64 numpy arrays indexed as the GGUF's own rows (``compress.forward`` runs on GGUF
 tensors, q/k rows in llama.cpp's layout, where each head's rows stay contiguous). This module runs the
 model; it neither chooses what to remove (``plan``) nor writes files (``apply``).
@@ -31,7 +38,7 @@ import numpy as np
 import torch
 
 from edgegen.compress.forward import LlamaForward
-from edgegen.errors import InvalidTextError
+from edgegen.errors import InvalidTextError, UnsupportedArchitectureError
 
 Progress = Callable[[int, int], None]
 
@@ -43,6 +50,9 @@ class Importance:
     kv_groups: np.ndarray  # [n_layer, n_head_kv] sum of the scores of the heads in the group
     block_influence: np.ndarray  # [n_layer] ShortGPT BI, in [0, 2]
     n_tokens: int
+    ffn_global: np.ndarray | None = None  # [n_layer, n_ff] channel's update norm / stream norm
+    kv_global: np.ndarray | None = None  # [n_layer, n_head_kv] group's update norm / stream norm
+    stream_norms: np.ndarray | None = None  # [n_layer, 2] mean ||x|| entering attention and the FFN
 
 
 class _Scorer:
@@ -55,6 +65,10 @@ class _Scorer:
         self.ffn = torch.zeros(hp.n_layer, self.n_ff, dtype=torch.float64)
         self.heads = torch.zeros(hp.n_layer, hp.n_head, dtype=torch.float64)
         self.bi = torch.zeros(hp.n_layer, dtype=torch.float64)
+        self.head_update = torch.zeros(hp.n_layer, hp.n_head, dtype=torch.float64)  # sum over tokens of ||W_o,h a_h||
+        self.stream_attn = torch.zeros(hp.n_layer, dtype=torch.float64)  # sum of ||x|| entering attention
+        self.stream_ffn = torch.zeros(hp.n_layer, dtype=torch.float64)  # sum of ||x|| entering the FFN
+        self.w = model.w
         self.tokens = 0
         self.x: torch.Tensor | None = None  # residual stream [T, D] entering the current block
         self.x_in: torch.Tensor | None = None  # residual stream entering the block being scored
@@ -67,12 +81,18 @@ class _Scorer:
         layer = int(name.split(".")[1]) if name.startswith("blk.") else -1
         if name.endswith("ffn_down.weight"):
             self.ffn[layer] += x.detach().abs().double().sum(0)
+            assert self.x is not None
+            self.stream_ffn[layer] += self.x.norm(dim=-1).sum()
         elif name.endswith("attn_output.weight"):
-            T = x.shape[0]
-            per_head = x.detach().double().view(T, self.hp.n_head, self.hp.head_dim)  # [T, H, hd]
+            T, H, hd = x.shape[0], self.hp.n_head, self.hp.head_dim
+            per_head = x.detach().double().view(T, H, hd)  # [T, H, hd]
             self.heads[layer] += per_head.norm(dim=-1).sum(0)
+            wo = self.w[name].detach().double().view(-1, H, hd)  # [D, H, hd]
+            self.head_update[layer] += torch.einsum("thk,dhk->thd", per_head, wo).norm(dim=-1).sum(0)
         elif name.endswith("attn_q.weight"):
             self.x_in = self.x
+            assert self.x is not None
+            self.stream_attn[layer] += self.x.norm(dim=-1).sum()
 
     def output(self, name: str, y: torch.Tensor) -> None:
         if not name.startswith("blk."):
@@ -92,6 +112,9 @@ def score(model: LlamaForward, sequences: Sequence[Sequence[int]], progress: Pro
 
     Raises InvalidTextError when there is no sequence to score on.
     """
+    if not model.hp.uniform:
+        raise UnsupportedArchitectureError(
+            "this model already has per-layer widths (deci); prune its uniform source instead")
     if not sequences or not any(len(s) for s in sequences):
         raise InvalidTextError("the calibration text gave no token sequences to score pruning on")
     scorer = _Scorer(model)
@@ -105,10 +128,19 @@ def score(model: LlamaForward, sequences: Sequence[Sequence[int]], progress: Pro
     n = max(scorer.tokens, 1)
     heads = (scorer.heads / n).numpy()
     group = hp.n_head // hp.n_head_kv
+    down_norms = torch.stack([model.w[f"blk.{i}.ffn_down.weight"].double().norm(dim=0)
+                              for i in range(hp.n_layer)])  # [n_layer, n_ff] ||W_down[:, j]||
+    ffn_update = scorer.ffn / n * down_norms  # mean ||m_j W_down[:, j]|| = mean|m_j| * ||W_down[:, j]||
+    stream_ffn = (scorer.stream_ffn / n).clamp_min(1e-12)[:, None]
+    stream_attn = (scorer.stream_attn / n).clamp_min(1e-12)[:, None]
+    head_global = (scorer.head_update / n / stream_attn).numpy()
     return Importance(
         ffn=(scorer.ffn / n).numpy(),
         heads=heads,
         kv_groups=heads.reshape(hp.n_layer, hp.n_head_kv, group).sum(-1),
         block_influence=(scorer.bi / n).numpy(),
         n_tokens=scorer.tokens,
+        ffn_global=(ffn_update / stream_ffn).numpy(),
+        kv_global=head_global.reshape(hp.n_layer, hp.n_head_kv, group).sum(-1),
+        stream_norms=torch.cat([stream_attn, stream_ffn], dim=1).numpy(),
     )

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from edgegen.compress.forward import open_forward
+from edgegen.errors import UnsupportedArchitectureError
+from edgegen.prune.apply import check_per_layer_source
 from edgegen.prune.importance import Importance, score
 from edgegen.prune.plan import PrunePlan, PruneTarget, Shape, make_plan
 
@@ -40,7 +42,12 @@ class PruneReport:
 
 
 def model_shape(fwd: Any) -> Shape:
+    """The uniform shape of a loaded forward; UnsupportedArchitectureError for per-layer widths (deci)."""
     hp = fwd.hp
+    widths = {tuple(fwd.w[f"blk.{i}.ffn_down.weight"].shape) for i in range(hp.n_layer)}
+    if not hp.uniform or len(widths) > 1:
+        raise UnsupportedArchitectureError(
+            "this model already has per-layer widths (deci); prune its uniform source instead")
     return Shape(hp.n_layer, int(fwd.w["blk.0.ffn_down.weight"].shape[1]), hp.n_head, hp.n_head_kv,
                  hp.n_embd, hp.head_dim)
 
@@ -74,6 +81,8 @@ def prune(src: Path | str, out: Path | str, target: PruneTarget, *, calib_text: 
     reader, _meta, fwd = open_forward(src)
     shape = model_shape(fwd)
     target.resolve(shape)  # a bad target fails before the scoring pass
+    if target.per_layer:
+        check_per_layer_source(str(_meta.get("general.architecture", "llama")))
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

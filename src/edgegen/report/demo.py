@@ -3,14 +3,20 @@
 Steps: pull the default model; dequantize it to the F16 reference; compress the reference (edgegen's
 quantizer when available, and llama.cpp's Q4_K_M as the anchor); evaluate every variant against the
 reference on held-out text; bench each; write ``report.md``, ``report.json`` and a PNG plot; answer a
-chat prompt with the compressed model. Intermediate files are reused when present (delete ``out/`` to
-start over). This module orchestrates; the measuring and converting live elsewhere.
+chat prompt with the compressed model. With ``prune_distill`` (off by default: on 2 cores it adds more
+than the 20-minute demo can hold), one more variant:
+the reference pruned to ``PRUNE_DISTILL_TARGET`` of its block weights, distilled from it for
+``PRUNE_DISTILL_MINUTES`` (a short budget, stated in the report; the full-budget figures come from
+``bench/prune_distill.py``) and quantized at the same size and decode-cost budget as edgegen's row.
+Intermediate files are reused when present (delete ``out/`` to start over). This module orchestrates;
+the measuring and converting live elsewhere.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +28,9 @@ from edgegen.errors import OutputError
 CHAT_PROMPT = "What is the capital of France?"
 EVAL_CHUNKS = 8
 SPEED_ROUNDS = 3  # interleaved rounds per variant (each a fresh process)
+PRUNE_DISTILL_TARGET = "keep=0.75"  # a quarter of the block weights go (FFN width first)
+PRUNE_DISTILL_MINUTES = 1.5
+PRUNED_LABEL = "edgegen pruned+distilled"
 
 
 def _speed(b: Any) -> dict[str, Any]:
@@ -44,9 +53,44 @@ def _compress_ours(ref: Path, out: Path, anchor: Path, calib: Path, log: Callabl
     return out
 
 
+def _prune_distill(ref: Path, out: Path, anchor: Path, calib: Path, minutes: float,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """Prune -> distill -> quantize (``compress.staged``) at the anchor's size and decode cost; returns
+    what the report states about it (kept in ``<out>.json`` so a rerun reuses the file)."""
+    facts = out.with_suffix(".json")
+    if out.exists() and facts.exists():
+        return json.loads(facts.read_text())
+    from edgegen.compress.pipeline import Budget
+    from edgegen.compress.staged import compress_staged
+    from edgegen.distill import DistillConfig
+    from edgegen.hub.texts import DISTILL_PLAYS, plays_text
+    from edgegen.prune import PruneTarget
+
+    log(f"      pruning to {PRUNE_DISTILL_TARGET} and distilling for {minutes} min")
+    t0 = time.perf_counter()
+    work = out.with_name(out.stem + ".stages")  # pruned and distilled F16 files, checkpoint: ~1.4 GB for SmolLM2
+    staged = compress_staged(
+        ref, out, prune_target=PruneTarget.parse(PRUNE_DISTILL_TARGET), distill_minutes=minutes,
+        budget=Budget.of(max_size_mib=anchor.stat().st_size / 2**20, speed_of=anchor),
+        calib_text=calib.read_text(), distill_text=plays_text(get_settings().home, DISTILL_PLAYS),
+        # a short budget affords few steps: warm up over 2 of them, not the default 10 (lr as bench/prune_distill)
+        distill_config=DistillConfig(budget_minutes=minutes, lr=3e-4, warmup_steps=2), workdir=work)
+    shutil.rmtree(work, ignore_errors=True)  # the report needs only the final file and these facts
+    dist = staged.distill or {}
+    data = {"target": PRUNE_DISTILL_TARGET, "distill_minutes": minutes,
+            "block_weights_kept": staged.prune["plan"]["block_weights_kept"],
+            "layers_kept": staged.prune["plan"]["kept"]["n_layer"], "ffn_width": staged.prune["plan"]["ffn_width"],
+            "distill_steps": dist.get("steps"), "distill_kl_first": dist.get("kl_first"),
+            "distill_kl_last": dist.get("kl_last"), "stage_seconds": round(time.perf_counter() - t0, 1)}
+    facts.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
 def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, with_edgegen: bool = True,
+             prune_distill: bool = False, distill_minutes: float = PRUNE_DISTILL_MINUTES,
              log: Callable[[str], None] = lambda _m: None) -> Path:
-    """``with_edgegen=False`` compares llama.cpp's quantizer alone (no torch needed, a few minutes less)."""
+    """``with_edgegen=False`` compares llama.cpp's quantizer alone (no torch needed, a few minutes less);
+    ``prune_distill=True`` adds the pruned+distilled variant (several minutes more; module docstring)."""
     from edgegen.evaluate.bench import measure_bandwidth, run_bench_many
     from edgegen.evaluate.quality import evaluate_many
     from edgegen.evaluate.rounds import idle_cores
@@ -90,6 +134,11 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
     variants = {"publisher Q4_1": source, "llama.cpp Q4_K_M": anchor}
     if have_ours:
         variants["edgegen"] = ours
+    pruned_facts = None
+    if have_ours and prune_distill:
+        pruned = models_dir / "edgegen-pruned-distilled.gguf"
+        pruned_facts = _prune_distill(ref, pruned, anchor, calib, distill_minutes, log)
+        variants[PRUNED_LABEL] = pruned
 
     log(f"[4/6] evaluating {len(variants)} variants against the reference ({EVAL_CHUNKS} chunks of 512 tokens)")
     quality = evaluate_many(list(variants.values()), ref, text, max_chunks=EVAL_CHUNKS)
@@ -134,7 +183,7 @@ def run_demo(out: Path, *, model: str | None = None, text: Path | None = None, w
             "mem_bandwidth_bytes_per_s": round(bw), "threads": threads, "machine": platform.machine(),
             "speed_rounds": SPEED_ROUNDS, "speed_noise": noise,
             "chat": {"prompt": CHAT_PROMPT, "answers": answers, "first_token_top3": first},
-            "variants": rows, "elapsed_s": round(time.perf_counter() - t_start, 1)}
+            "variants": rows, "prune_distill": pruned_facts, "elapsed_s": round(time.perf_counter() - t_start, 1)}
     (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
     report = out / "report.md"
     report.write_text(_markdown(data, plot.name))
@@ -181,6 +230,17 @@ def _ratio_text(r: dict, d: dict) -> str:
     return f"{mark}{ratio.median:.2f}x [{ratio.low:.2f}-{ratio.high:.2f}]"
 
 
+def _pruned_note(p: dict) -> str:
+    steps = p.get("distill_steps") or 0
+    kl = (f"; training KL {p['distill_kl_first']:.3f} -> {p['distill_kl_last']:.3f} (means of the first and "
+          f"last 10 of {steps} steps)" if steps >= 20 else f"; {steps} training steps")
+    return (f"**{PRUNED_LABEL}**: the reference pruned to {p['block_weights_kept']:.0%} of its block weights "
+            f"({p['layers_kept']} blocks, FFN width {p['ffn_width']}; `{p['target']}`), distilled from it for only "
+            f"{p['distill_minutes']} minutes on this machine{kl}, then quantized at the same size and decode-cost "
+            "budget as the edgegen row. A short budget for the demo's sake: the figures after a full "
+            "distillation (up to 30 minutes) come from `bench/prune_distill.py`.")
+
+
 def _markdown(d: dict, plot_name: str) -> str:
     lines = [
         "# edgegen report",
@@ -203,6 +263,8 @@ def _markdown(d: dict, plot_name: str) -> str:
             f"± {r['kl_stderr']:.4f} | {r['kl_p99']:.3f} | {100 * r['top1_agreement']:.1f}% | "
             f"{_spread_text(r)} | {_ratio_text(r, d)} | {r['prefill_tokens_per_s']:.0f} | {r['ttft_s']:.3f} | "
             f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['decode_bandwidth_efficiency']:.2f} |")
+    if d.get("prune_distill"):
+        lines += ["", _pruned_note(d["prune_distill"])]
     c = d["chat"]
     lines += ["", f"![size, quality and speed]({plot_name})", "", "## Chat", "",
               f"**user:** {c['prompt']}", "", "| variant | assistant (greedy, 48 tokens at most) |", "|---|---|"]
