@@ -235,9 +235,9 @@ def threshold_widths(scores: np.ndarray, total: int, align: int, floor: np.ndarr
     """Per-row widths [rows] keeping the units of ``scores`` [rows, n] above one global threshold.
 
     Each row's count of units above the threshold is rounded to the nearest multiple of ``align`` (a
-    row that keeps all ``n`` stays whole, aligned or not) and clipped to [floor, n]; the threshold is the lowest whose widths sum to at most ``total`` (the
-    floors alone may exceed it: then the floors). Widths never grow as the threshold rises, so a
-    bisection over the distinct scores finds it.
+    row that keeps all ``n`` stays whole, aligned or not) and clipped to [floor, n]; the threshold is
+    the lowest whose widths sum to at most ``total`` (the floors alone may exceed it: then the floors).
+    Widths never grow as the threshold rises, so a bisection over the distinct scores finds it.
     """
     n = scores.shape[1]
 
