@@ -160,9 +160,9 @@ def publish_and_roll(adapter: Path, fleet: FleetTarget, base_model: Path, work_d
     from edgegen.fleet.rollout_client import RolloutClient
 
     ring = Keyring.open(fleet.keys_dir)
-    gates = list(fleet.gates)
-    if not any(g.strip().startswith(GateMetric.HELDOUT_PPL_RATIO.value) for g in gates):
-        gates.append(f"{GateMetric.HELDOUT_PPL_RATIO.value}<{1 + fleet.max_regression:g}@1")
+    # the held-out gate first: the control plane's ``merge_gates`` lets a later gate of the same metric
+    # (or ``heldout_ppl_ratio=off``) from the operator replace it
+    gates = [f"{GateMetric.HELDOUT_PPL_RATIO.value}<{1 + fleet.max_regression:g}@1", *fleet.gates]
     with RolloutClient(fleet.url, fleet.admin_token, verify=fleet.verify) as admin:
         # devices accept only versions newer than what they run, whatever stream it came from
         members = [d for d in admin.devices() if d.get("group") == fleet.group]
