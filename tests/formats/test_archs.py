@@ -26,40 +26,12 @@ from edgegen.formats import hf_arch
 from edgegen.formats.convert import convert_model
 from edgegen.runtime.engine import Engine
 from tests.conftest import STORIES_DIR
+from tests.formats.tiny import hf_config
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 IDS = [1, 37, 250, 99, 400, 12, 7, 300, 45, 46, 47, 200, 201, 5, 9, 11, 100, 101, 102, 103, 104, 105, 106, 107]
-_COMMON = dict(
-    vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, initializer_range=0.3,
-    bos_token_id=1, eos_token_id=2,
-)
-_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
-
-
-def _config(kind: str):
-    if kind == "llama":
-        return transformers.LlamaConfig(**_COMMON, attention_bias=True, tie_word_embeddings=False,
-                                        rope_parameters=_LLAMA3_ROPE)
-    if kind == "mistral":
-        return transformers.MistralConfig(**_COMMON, head_dim=32, tie_word_embeddings=False)
-    if kind == "qwen3":
-        return transformers.Qwen3Config(**_COMMON, head_dim=32, tie_word_embeddings=False)
-    if kind == "gemma3":
-        return transformers.Gemma3TextConfig(
-            **_COMMON, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
-            layer_types=["sliding_attention", "full_attention"],
-            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
-                             "full_attention": {"rope_type": "default", "rope_theta": 10000.0}},
-        )
-    if kind == "phi3":
-        return transformers.Phi3Config(**_COMMON, tie_word_embeddings=False, pad_token_id=0,
-                                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                        "partial_rotary_factor": 0.5})
-    return transformers.Qwen2Config(**_COMMON, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +42,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
     def make(kind: str) -> tuple[Path, np.ndarray]:
         if kind not in made:
             torch.manual_seed(0)
-            model = transformers.AutoModelForCausalLM.from_config(_config(kind)).eval()
+            model = transformers.AutoModelForCausalLM.from_config(hf_config(kind)).eval()
             # not named after the kind: llama.cpp looks up "<|endoftext|>" in any model whose name says
             # "phi3" (llama-vocab.cpp), and the stories260K vocabulary used here has no such token
             folder = tmp_path_factory.mktemp("hf")
