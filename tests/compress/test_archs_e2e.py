@@ -50,7 +50,7 @@ def _config(kind: str):
 def _folder(kind: str, root: Path) -> Path:
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(_config(kind)).eval()
-    folder = root / "hf"  # not "phi3": llama.cpp then wants "<|endoftext|>" (llama-vocab.cpp), not in this vocab
+    folder = root / "hf"  # not "phi3": that name switches on llama.cpp's Phi-3 token rule (tokenizer.gguf_model_name)
     model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
         shutil.copy(STORIES_DIR / name, folder)

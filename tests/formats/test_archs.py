@@ -43,8 +43,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
         if kind not in made:
             torch.manual_seed(0)
             model = transformers.AutoModelForCausalLM.from_config(hf_config(kind)).eval()
-            # not named after the kind: llama.cpp looks up "<|endoftext|>" in any model whose name says
-            # "phi3" (llama-vocab.cpp), and the stories260K vocabulary used here has no such token
+            # not named after the kind: a name saying "phi3" switches on llama.cpp's Phi-3 token rule
+            # (llama-vocab.cpp), which the converter then writes around (tokenizer.gguf_model_name)
             folder = tmp_path_factory.mktemp("hf")
             model.save_pretrained(folder)
             for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):

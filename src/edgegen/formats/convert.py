@@ -4,7 +4,9 @@
 
 ``src`` a folder (config.json + *.safetensors + tokenizer files): the weights are mapped onto
 llama.cpp's tensor names (``hf_arch``: llama, mistral, qwen2, qwen3, gemma3, phi3), the tokenizer exported
-(``tokenizer``: SentencePiece or byte-level BPE) with its special tokens and chat template. 2-D
+(``tokenizer``: SentencePiece or byte-level BPE) with its special tokens and chat template; the
+folder's name becomes ``general.name`` (adjusted by ``tokenizer.gguf_model_name``, since llama.cpp
+reads Phi-3's token stripping off the name). 2-D
 weights are written in ``dtype``, 1-D tensors (norms, biases) stay F32. Tied embeddings are left
 tied (no ``output.weight``: llama.cpp reuses ``token_embd``).
 
@@ -164,7 +166,7 @@ def _convert_hf_folder(src: Path, out: Path, dtype: str, progress: Progress | No
 
     def add_metadata(writer: Any) -> None:
         writer.add_type("model")
-        writer.add_name(src.resolve().name)
+        writer.add_name(tokenizer.gguf_model_name(src.resolve().name, vocab))
         hf_arch.write_hparams(writer, hp)
         writer.add_file_type(dequant.file_type_for(dtype))
         tokenizer.write_vocab(writer, vocab)

@@ -14,12 +14,15 @@ Three sources, tried in this order:
 Special tokens come from tokenizer_config.json (``bos_token``...), then config.json ids, then the
 SentencePiece trainer spec; ``add_bos``/``add_eos`` from tokenizer_config.json, else from the
 tokenizer.json post-processor template. The chat template from chat_template.jinja,
-tokenizer_config.json or chat_template.json. Pure apart from reading those files; it does not
+tokenizer_config.json or chat_template.json. Added tokens' HF strip flags (``rstrip``/``lstrip``) have no
+GGUF field: llama.cpp derives them from the model's name, so ``gguf_model_name`` picks the
+``general.name`` that makes llama.cpp strip where HF does. Pure apart from reading those files; it does not
 tokenize text (llama.cpp does, and the tests compare it with the original tokenizer).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,8 @@ from edgegen.errors import InvalidModelError, UnsupportedArchitectureError
 from edgegen.formats import spm_model
 from edgegen.formats.hf_folder import read_json
 from edgegen.formats.spm_model import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED
+
+log = logging.getLogger(__name__)
 
 # Split regexes of the Hugging Face tokenizers llama.cpp knows by name.
 LLAMA3_SPLIT = (
@@ -66,6 +71,8 @@ class Vocab:
     add_bos: bool | None = None
     add_eos: bool | None = None
     chat_template: str | list[dict[str, str]] | None = None
+    rstrip: frozenset[str] = frozenset()  # added tokens HF strips the whitespace after ("rstrip": true)
+    lstrip: frozenset[str] = frozenset()  # ... and before ("lstrip": true)
 
 
 def _steps(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -110,6 +117,10 @@ def _added(tj: dict[str, Any] | None) -> dict[int, tuple[str, int]]:
     for t in (tj or {}).get("added_tokens", []):
         out[int(t["id"])] = (t["content"], CONTROL if t.get("special") else USER_DEFINED)
     return out
+
+
+def _stripped(tj: dict[str, Any] | None, side: str) -> frozenset[str]:
+    return frozenset(t["content"] for t in (tj or {}).get("added_tokens", []) if t.get(side))
 
 
 def _merge_pair(m: Any) -> tuple[str, str]:
@@ -293,7 +304,53 @@ def load_vocab(folder: Path, cfg: dict[str, Any], n_vocab: int) -> Vocab:
     vocab.add_bos = bool(add_bos) if isinstance(add_bos, bool) else (bos_t if bos_t is not None else default_bos)
     vocab.add_eos = bool(add_eos) if isinstance(add_eos, bool) else bool(eos_t)
     vocab.chat_template = _chat_template(folder, tc)
+    vocab.rstrip, vocab.lstrip = _stripped(tj, "rstrip"), _stripped(tj, "lstrip")
     return vocab
+
+
+# llama.cpp stores no per-token strip flags in GGUF: it sets them by a rule on ``general.name``
+# (llama-vocab.cpp, llama_vocab::impl::load, "set attributes by model/tokenizer/architecture name"):
+# a name containing "phi-3" or "phi3" (any case) gives RSTRIP to every CONTROL, USER_DEFINED and
+# UNKNOWN token and to "</s>", then takes it off "<unk>", "<s>" and "<|endoftext|>"; it looks these
+# four up with ``token_to_id.at``, so a vocabulary missing one of them fails to load under such a name.
+_PHI3_NAME = re.compile(r"(phi)-?3", re.IGNORECASE)
+_PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")
+
+
+def _phi3_rule(vocab: Vocab) -> frozenset[str] | None:
+    """The tokens llama.cpp's phi3 name rule strips after; None where that rule would fail to load."""
+    present = set(vocab.tokens)
+    if not all(t in present for t in _PHI3_UNSTRIPPED + ("</s>",)):
+        return None
+    special = (CONTROL, USER_DEFINED, UNKNOWN)
+    return frozenset(t for t, ty in zip(vocab.tokens, vocab.types) if ty in special) - set(_PHI3_UNSTRIPPED) | {"</s>"}
+
+
+def gguf_model_name(name: str, vocab: Vocab) -> str:
+    """``general.name`` for ``vocab``'s GGUF: ``name``, changed where llama.cpp's name rule (above) would
+    otherwise strip whitespace after other tokens than the HF tokenizer does, or fail to load.
+
+    A Phi-3-style vocabulary (HF strips after exactly the rule's tokens) gets " (phi3 tokenizer)" appended
+    when ``name`` does not already say phi3 (a fine-tune saved as "checkpoint-500"); a name that says
+    phi3 over any other vocabulary has it written "phi 3", which the rule does not match. Strip flags
+    llama.cpp cannot reproduce either way are logged, not refused: only text next to those tokens differs.
+    """
+    says_phi3 = _PHI3_NAME.search(name) is not None
+    rule = _phi3_rule(vocab)
+    phi3_style = rule is not None and vocab.rstrip == rule and not vocab.lstrip
+    if phi3_style and not says_phi3:
+        log.info("named the GGUF %r so llama.cpp strips whitespace after %s as the tokenizer does",
+                 name + " (phi3 tokenizer)", ", ".join(sorted(rule or ())))
+        return f"{name} (phi3 tokenizer)"
+    if says_phi3 and not phi3_style:
+        renamed = _PHI3_NAME.sub(r"\1 3", name)
+        log.info("named the GGUF %r: llama.cpp applies Phi-3's token stripping to names that say phi3, "
+                 "and this tokenizer is not Phi-3's", renamed)
+        name = renamed
+    if (vocab.rstrip or vocab.lstrip) and not phi3_style:
+        log.warning("llama.cpp cannot strip whitespace around %s as the tokenizer does; text next to these "
+                    "tokens may tokenize differently", ", ".join(sorted(vocab.rstrip | vocab.lstrip)))
+    return name
 
 
 def write_vocab(writer: Any, vocab: Vocab) -> None:
