@@ -113,11 +113,11 @@ def _byte_level(split: str, specials: list[str], bos: str | None, user: tuple[st
         tok.pre_tokenizer = _split_byte_level(split)
         tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
         tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in user])
-        if bos is None:
-            tok.post_processor = processors.ByteLevel(trim_offsets=False)
-        else:
-            tok.post_processor = processors.TemplateProcessing(
-                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+        steps = [processors.ByteLevel(trim_offsets=False)]
+        if bos is not None:  # Llama 3's: ByteLevel, then the template that adds <|begin_of_text|>
+            steps.append(processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]))
+        tok.post_processor = processors.Sequence(steps) if len(steps) > 1 else steps[0]
         return tok
 
     return build
