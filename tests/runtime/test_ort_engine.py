@@ -84,6 +84,24 @@ def test_same_weights_same_tokens_logits_and_greedy_text(ort, cpp) -> None:  # n
     assert "".join(t.text for t in x[:16]) == "".join(t.text for t in y[:16])  # same bytes, same UTF-8 repair
 
 
+def test_both_engines_detokenize_as_hf_decode_skipping_special_tokens(ort, cpp, tiny_onnx: Path) -> None:  # noqa: ANN001
+    """Both engines' ``detokenize`` is HF ``tokenizers``' ``decode(ids, skip_special_tokens=True)`` on the
+    source's tokenizer.json, with and without BOS, with EOS after or before the text (SentencePiece's
+    prefix space goes, a space the text starts with stays); an id outside the vocabulary is refused."""
+    tokenizers = pytest.importorskip("tokenizers")
+    hf = tokenizers.Tokenizer.from_file(str(tiny_onnx / "tokenizer.json"))
+    for text in (STORIES_TEXT[:200], " leading space", "  two", "a </s> b", "Lily said. Tom!"):
+        for add_bos in (True, False):
+            ids = cpp.tokenize(text, add_bos=add_bos)
+            for seq in (ids, ids + [cpp.eos_id], [cpp.eos_id, *ids]):
+                want = hf.decode(seq, skip_special_tokens=True)
+                assert (cpp.detokenize(seq), ort.detokenize(seq)) == (want, want), (text, add_bos, seq[:4])
+    for engine in (ort, cpp):
+        assert engine.detokenize([]) == ""
+        with pytest.raises(UserInputError, match="outside the vocabulary"):
+            engine.detokenize([1, engine.n_vocab])
+
+
 def test_special_false_tokenizes_special_token_text_as_text(ort, cpp) -> None:  # noqa: ANN001
     """llama.cpp's parse_special=False (what eval and user text use): "</s>" written in text is the
     characters, not the end-of-sequence id; ONNX Runtime GenAI's tokenizer always parses it."""

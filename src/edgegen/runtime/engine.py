@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.errors import ChatTemplateError, ContextOverflowError, EngineError, InvalidModelError
+from edgegen.errors import ChatTemplateError, ContextOverflowError, EngineError, InvalidModelError, UserInputError
 from edgegen.formats.gguf_file import context_length, validate_gguf
 from edgegen.runtime.generate import (  # re-exported: callers import the call's values from here too
     Completion,
@@ -104,6 +104,7 @@ class Engine(TokenLoop):
         self._eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
+        self._space_prefix = _adds_space_prefix(self.metadata, llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_SPM)
         self._seeds = seed_source or random.SystemRandom()
         self._closed = False
         from edgegen.runtime.lora import LoraAdapters
@@ -124,14 +125,42 @@ class Engine(TokenLoop):
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        """The text of ``tokens`` (ids, any number, each in 0..n_vocab-1) as Hugging Face ``tokenizers``
+        decodes them with ``skip_special_tokens=True``: what an OpenAI-style ``echo`` shows, and the
+        streamed pieces of the same ids joined. Each token's bytes are llama.cpp's ``llama_token_to_piece``
+        (control and unknown tokens give none); when the vocabulary adds SentencePiece's space prefix
+        (Llama 2, Phi-3; not Gemma 3, not byte-level BPE) the one space it put before the text is dropped,
+        as HF's Strip/Metaspace decoder and llama.cpp's own ``remove_space`` do. Bytes that are not
+        UTF-8 become U+FFFD. Raises ``UserInputError`` for an id outside the vocabulary (llama.cpp would
+        abort the process).
+
+        Neither llama-cpp-python's ``Llama.detokenize`` (it drops a leading space after a BOS even where the
+        text had one, and keeps the prefix space without a BOS) nor llama.cpp's ``llama_detokenize``: with
+        ``remove_special`` it keeps the prefix space after a BOS, without it a leading control token uses
+        up the strip, and for most BPE pre-tokenizers (Llama 3's too) it ends with a clean-up pass
+        (" ." -> ".", " 's" -> "'s", as transformers' ``clean_up_tokenization_spaces``) that loses text
+        (llama-vocab.cpp, llama_vocab::impl::detokenize). This is ``llama_detokenize`` without that pass,
+        with the strip applied after special tokens are dropped. Known difference: tokens llama.cpp
+        forces to CONTROL (Phi-3's non-special "</s>") are skipped where HF keeps them."""
+        ids = [int(t) for t in tokens]
+        bad = next((t for t in ids if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise UserInputError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        text = b"".join(self._token_bytes(t) for t in ids)
+        if self._space_prefix and text.startswith(b" "):
+            text = text[1:]
+        return text.decode("utf-8", errors="replace")
 
     def _token_bytes(self, tok: int) -> bytes:
-        """The bytes one token adds to the text (special tokens render as nothing); memoised."""
+        """The bytes one token adds to the text (special tokens render as nothing); memoised. ``tok``
+        must be in the vocabulary (llama.cpp aborts otherwise)."""
         piece = self._pieces.get(tok)
         if piece is None:
             buf = self._piece_buf
             n = self._llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+            if n < 0:  # a piece longer than the buffer: -n is its size
+                buf = ctypes.create_string_buffer(-n)
+                n = self._llama_cpp.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
             piece = buf.raw[:n] if n > 0 else b""
             self._pieces[tok] = piece
         return piece
@@ -220,8 +249,9 @@ class Engine(TokenLoop):
         return LlamaGrammar.from_string(gbnf, verbose=False)
 
     def token_bytes(self, tok: int) -> bytes:
-        """The bytes token ``tok`` adds to the text (b"" for special tokens): for logprobs' ``bytes``."""
-        return self._token_bytes(tok) if tok >= 0 else b""
+        """The bytes token ``tok`` adds to the text (b"" for special tokens and ids outside the
+        vocabulary): for logprobs' ``bytes``."""
+        return self._token_bytes(tok) if 0 <= tok < self.n_vocab else b""
 
     def reset(self) -> None:
         """Forget the cached prompt prefix so the next call evaluates its prompt from scratch."""
@@ -294,6 +324,14 @@ def _llama_class() -> Any:
 
         _LLAMA_CLASS = _Llama
     return _LLAMA_CLASS
+
+
+def _adds_space_prefix(metadata: dict[str, str], spm: bool) -> bool:
+    """Whether llama.cpp puts SentencePiece's space before the text: ``tokenizer.ggml.add_space_prefix``
+    if the file has it, else True for SPM vocabularies only (llama-vocab.cpp, llama_vocab::impl::load:
+    "add_space_prefix = true" for LLAMA_VOCAB_TYPE_SPM, then "ml.get_key(LLM_KV_TOKENIZER_ADD_PREFIX, ...")."""
+    flag = metadata.get("tokenizer.ggml.add_space_prefix")
+    return spm if flag is None else flag.strip().lower() == "true"
 
 
 def _starts_with_bos(prompt: str, engine: Engine) -> bool:

@@ -176,14 +176,15 @@ class OrtEngine(TokenLoop):
         return ids
 
     def _plain_tokenizer(self) -> Any:
-        """tokenizer.json in ``tokenizers``, with special tokens matched as text; loaded on first use."""
+        """tokenizer.json in ``tokenizers``, with special tokens matched as text (decoding is the same
+        either way); loaded on first use."""
         if self._plain is None:
             try:
                 from tokenizers import Tokenizer
             except ImportError as exc:
                 raise EngineNotInstalledError(
-                    "tokenizing text with special=False on the ONNX Runtime engine needs the tokenizers "
-                    "package: pip install 'edgegen[onnx]'") from exc
+                    "the ONNX Runtime engine needs the tokenizers package to detokenize, and to tokenize "
+                    "with special=False: pip install 'edgegen[onnx]'") from exc
             try:
                 tk = Tokenizer.from_file(str(self.path / "tokenizer.json"))
             except Exception as exc:  # tokenizers raises Exception subclasses of its own
@@ -193,7 +194,17 @@ class OrtEngine(TokenLoop):
         return self._plain
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self._tok.decode(np.asarray(list(tokens), dtype=np.int32))
+        """The text of ``tokens`` (ids, any number, each in 0..n_vocab-1): the source's tokenizer.json
+        decoded by Hugging Face ``tokenizers`` with ``skip_special_tokens=True``, the contract of the
+        llama.cpp ``Engine.detokenize``. ONNX Runtime GenAI's own ``Tokenizer.decode`` is not used: it
+        keeps SentencePiece's prefix space when no BOS leads, and drops a space after a special token.
+        Raises ``UserInputError`` for an id outside the vocabulary, ``EngineNotInstalledError`` without
+        ``tokenizers``."""
+        ids = [int(t) for t in tokens]
+        bad = next((t for t in ids if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise UserInputError(f"token id {bad} is outside the vocabulary (0..{self.n_vocab - 1})")
+        return str(self._plain_tokenizer().decode(ids, skip_special_tokens=True))
 
     @property
     def bos_id(self) -> int:
