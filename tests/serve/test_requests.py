@@ -82,6 +82,24 @@ def test_chat_logprobs_streamed(stories_server: BackgroundServer) -> None:
         _check_entry(e, 1)
 
 
+def test_echo_of_a_prompt_sent_as_token_ids_is_its_text(stories_server: BackgroundServer, stories_gguf: Path) -> None:
+    """``echo`` of a prompt given as token ids sends the text they decode to (HF ``decode`` with special
+    tokens skipped): with or without the BOS id, SentencePiece's prefix space gone and the prompt's own
+    leading space kept; with the same ids as the text prompt, the same answer as the text prompt."""
+    from edgegen.runtime.engine import Engine
+
+    with Engine(stories_gguf, n_ctx=64, n_threads=1) as engine:
+        cases = [(text, bos, engine.tokenize(text, add_bos=bos))
+                 for text in ("Once upon a time", " Once upon a time") for bos in (True, False)]
+    body = {"max_tokens": 3, "temperature": 0, "echo": True}
+    for text, bos, ids in cases:
+        by_ids = _post(stories_server, "/v1/completions", {**body, "prompt": ids}).json()["choices"][0]["text"]
+        assert by_ids.startswith(text) and not by_ids.startswith(" " + text), (text, bos, by_ids)
+        if bos:  # a text prompt gets the BOS too: the same ids, the same greedy answer
+            by_text = _post(stories_server, "/v1/completions", {**body, "prompt": text}).json()["choices"][0]["text"]
+            assert by_ids == by_text
+
+
 def test_n_choices_have_distinct_seeds(stories_server: BackgroundServer) -> None:
     body = {"prompt": "Lily", "max_tokens": 24, "temperature": 1.5, "n": 3, "seed": 5}
     a = _post(stories_server, "/v1/completions", body).json()
