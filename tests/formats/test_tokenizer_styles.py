@@ -19,12 +19,15 @@ tiny random model folder of the matching architecture, converted, and loaded in 
              Metaspace(prepend_scheme="first", split=False)                 -> llama (mistral), "llama" vocab
 
 On held-out text (Hamlet and Twelfth Night paragraphs) and awkward strings (digit runs, runs of
-spaces, tabs and newlines, accents, emoji, CJK, a leading space, the special tokens written as text),
+spaces, tabs and newlines, accents, emoji, CJK, a leading space, spaces before punctuation, Qwen's
+tool-call tags, the special tokens written as text),
 with and without BOS: (a) llama.cpp's ids equal HF's, with special-token parsing on (HF's default)
 and off (HF's ``encode_special_tokens``); (b) llama.cpp's ``llama_detokenize`` gives HF's ``decode``,
-with special tokens kept and skipped. Three behaviours of llama.cpp itself that no GGUF can change
-are named with their source lines where they are allowed for (LLAMA_CPP_FORCES_CONTROL,
-``_as_llama_cpp_reads_it``, the BOS space in ``test_llama_cpp_detokenizes_like_hf``), each checked to
+with special tokens kept and skipped; (c) ``Engine.detokenize`` (the serve layer's echo) and the ONNX
+Runtime engine's per-token bytes give HF's ``decode`` with special tokens skipped, with no allowance
+beyond which tokens are special. Four behaviours of llama.cpp itself that no GGUF can change are named
+with their source lines where they are allowed for (LLAMA_CPP_FORCES_CONTROL, ``_as_llama_cpp_reads_it``,
+the BOS space in ``test_llama_cpp_detokenizes_like_hf``, ``_llama_cpp_cleans_spaces``), each checked to
 touch only the texts it should. Negative controls: a wrong ``tokenizer.ggml.pre``, a flipped space
 prefix, special tokens typed as plain text, a Phi-3 GGUF named after its folder: each fails.
 
@@ -75,6 +78,7 @@ TRICKY = [
     "don't you'll I'M she's THEY'VE",
     "def f(x):\n    return x**2  # square",
     SPACED,
+    'a call: <tool_call>{"name": "f"}</tool_call> done',  # Qwen's non-special added tokens
     "\t\ttabs first",
     "emoji only 😀😀 and CJK 漢字",
 ]
@@ -411,6 +415,32 @@ def test_engine_detokenize_is_hf_decode_skipping_special_tokens(name: str, conve
                     bad.append((text[:40], add, got[:60], want[:60]))
         assert engine.detokenize([]) == ""
     assert not bad, (f"{len(bad)} of {n} differ", bad[:5])
+
+
+@pytest.mark.parametrize("name", sorted(STYLES))
+def test_onnx_engine_token_bytes_join_to_hf_decode(name: str, converted, texts) -> None:
+    """The ONNX Runtime engine's per-token bytes (its streamed text, logprobs' ``bytes``), read from the
+    same tokenizer.json, join to HF's ``decode`` with special tokens skipped, once the one SentencePiece
+    prefix space HF's decoder strips is put back: non-special added tokens (Qwen's ``<tool_call>``,
+    Phi-3's ``</s>``) keep their text, as llama.cpp's pieces do. HF's own view of what is special
+    (the ONNX engine decodes with HF's tokenizer, so LLAMA_CPP_FORCES_CONTROL does not apply)."""
+    from edgegen.runtime.ort_engine import _vocab_bytes
+
+    tok, path = converted(name)
+    style = STYLES[name]
+    folder = path.parent / style.folder
+    table = _vocab_bytes(folder, json.loads((folder / "tokenizer_config.json").read_text()))
+    bad = []
+    for text in _held_out(style, texts[1]):
+        for add in (True, False):
+            ids = tok.encode(text, add_special_tokens=add).ids
+            joined = b"".join(table.get(i, b"") for i in ids).decode("utf-8", errors="replace")
+            want = tok.decode(ids, skip_special_tokens=True)
+            if style.space_prefix and joined.startswith(" "):
+                want = " " + want
+            if joined != want:
+                bad.append((text[:40], add, joined[:60], want[:60]))
+    assert not bad, bad[:5]
 
 
 # ---- negative controls: the comparison fails when the converter writes the wrong style --------

@@ -46,7 +46,9 @@ class TextEngine(Protocol):
     ``n_ctx`` tokens of context; ``n_vocab`` logits per position; ``load_s`` seconds to load;
     ``stream`` yields ``Token``s (id, text piece, optional natural-log probability) and fills a
     ``StreamStats``; closing the iterator cancels generation at the next token; ``logits(tokens)``
-    is float32 [len(tokens), n_vocab] from an empty context. Not thread-safe: one caller at a time.
+    is float32 [len(tokens), n_vocab] from an empty context; ``detokenize(ids)`` is the text Hugging Face
+    ``tokenizers`` decodes from ``ids`` with special tokens skipped (``UserInputError`` for an id outside
+    the vocabulary). Not thread-safe: one caller at a time.
     Errors: ``ContextOverflowError`` for a prompt that does not fit, ``EngineError`` for back-end failures.
     """
 

@@ -104,7 +104,8 @@ class Engine(TokenLoop):
         self._eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._space_prefix = _adds_space_prefix(self.metadata, llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_SPM)
+        spm = llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_SPM
+        self._space_prefix = _adds_space_prefix(self.metadata, spm)  # detokenize drops the space it adds
         self._seeds = seed_source or random.SystemRandom()
         self._closed = False
         from edgegen.runtime.lora import LoraAdapters

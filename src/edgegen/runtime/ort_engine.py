@@ -252,9 +252,10 @@ class OrtEngine(TokenLoop):
         return resp.prompt, tuple(x for x in stops if x)
 
     def token_bytes(self, tok: int) -> bytes:
-        """The bytes token ``tok`` adds to the text (b"" for special tokens), from tokenizer.json's vocabulary."""
+        """The bytes token ``tok`` adds to the text (b"" for special tokens and ids outside the vocabulary),
+        from tokenizer.json's vocabulary and its non-special added tokens."""
         if self._bytes is None:
-            self._bytes = _vocab_bytes(self.path, set(self._special))
+            self._bytes = _vocab_bytes(self.path, self._tokenizer_config)
         return self._bytes.get(tok, b"") if tok >= 0 else b""
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]]) -> tuple[list[int], tuple[str, ...]]:
@@ -375,9 +376,11 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
-def _vocab_bytes(folder: Path, special: set[int]) -> dict[int, bytes]:
+def _vocab_bytes(folder: Path, tokenizer_config: dict[str, Any]) -> dict[int, bytes]:
     """id -> bytes of every vocabulary token: byte-level BPE (GPT-2 alphabet) or SentencePiece-style
-    (``\u2581`` for space, ``<0xNN>`` byte tokens). Special tokens map to b""."""
+    (``\u2581`` for space, ``<0xNN>`` byte tokens). Special tokens map to b""; added tokens that are not
+    special (Qwen's ``<tool_call>``, Phi-3's ``</s>``) to their text, as HF ``decode`` and llama.cpp
+    (USER_DEFINED) write them."""
     tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     vocab: dict[str, int] = tj.get("model", {}).get("vocab", {}) or {}
     byte_level = "ByteLevel" in json.dumps(tj.get("decoder")) or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
@@ -392,8 +395,11 @@ def _vocab_bytes(folder: Path, special: set[int]) -> dict[int, bytes]:
                 out[i] = bytes([int(text[3:5], 16)])
             else:
                 out[i] = text.replace("\u2581", " ").encode("utf-8")
-    for i in special:
-        out[i] = b""
+    added = tj.get("added_tokens", []) + [
+        {**v, "id": k} for k, v in (tokenizer_config.get("added_tokens_decoder") or {}).items()]
+    for t in reversed(added):  # tokenizer.json's entry wins
+        special = t.get("special", True)  # unflagged: special, as this table always took them
+        out[int(t["id"])] = b"" if special else str(t.get("content", "")).encode("utf-8")
     return out
 
 
