@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgegen.errors import ContextOverflowError, InvalidModelError, ModelNotFoundError
+from edgegen.errors import ContextOverflowError, InvalidModelError, ModelNotFoundError, UserInputError
 from edgegen.runtime.engine import Engine, SamplingParams, StreamStats
 from tests.conftest import STORIES_TEXT
 
@@ -31,6 +32,37 @@ def test_stream_matches_complete_and_counts_tokens(engine: Engine) -> None:
     assert "".join(pieces) == engine.complete("Once upon a time", SamplingParams.greedy(30)).text
     assert stats.completion_tokens == 30 and stats.prompt_tokens == len(engine.tokenize("Once upon a time"))
     assert stats.ttft_s is not None and stats.total_s >= stats.ttft_s
+
+
+@pytest.mark.parametrize("bos", [True, False])
+@pytest.mark.parametrize("prompt", ["Once upon a time", " Once upon a time"])
+def test_detokenize_of_prompt_and_generated_ids_is_prompt_plus_streamed_text(engine: Engine, prompt: str,
+                                                                             bos: bool) -> None:
+    """What an echo plus its completion shows: the text of all the ids, with or without BOS, is the
+    prompt as written (SentencePiece's prefix space gone, its own leading space kept), then the
+    streamed pieces."""
+    ids = engine.tokenize(prompt, add_bos=bos)
+    assert (ids[0] == engine.bos_id) == bos
+    toks = list(engine.stream(ids, SamplingParams.greedy(20)))
+    assert engine.detokenize(ids + [t.id for t in toks]) == prompt + "".join(t.text for t in toks)
+
+
+def test_token_pieces_longer_than_the_buffer_and_ids_outside_the_vocabulary(stories_gguf: Path) -> None:
+    """A piece longer than the engine's piece buffer is read again at the size llama.cpp asks for (not
+    dropped); an id outside the vocabulary is refused (llama.cpp would abort the process) or, for
+    ``token_bytes``, renders as nothing."""
+    with Engine(stories_gguf, n_ctx=64, n_threads=1) as e:
+        ids = e.tokenize(STORIES_TEXT[:200])
+        text, pieces = e.detokenize(ids), [e.token_bytes(t) for t in ids]
+        e._pieces.clear()
+        e._piece_buf = ctypes.create_string_buffer(1)  # every multi-byte piece now takes the retry
+        assert [e.token_bytes(t) for t in ids] == pieces and e.detokenize(ids) == text
+        assert max(map(len, pieces)) > 1
+        with pytest.raises(UserInputError, match="outside the vocabulary"):
+            e.detokenize([ids[1], e.n_vocab])
+        with pytest.raises(UserInputError, match="outside the vocabulary"):
+            e.detokenize([-1])
+        assert e.token_bytes(e.n_vocab) == b"" and e.token_bytes(-1) == b""
 
 
 def test_stop_string_cuts_output(engine: Engine) -> None:
