@@ -127,13 +127,13 @@ class Engine(TokenLoop):
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """The text of ``tokens`` (ids, any number, each in 0..n_vocab-1) as Hugging Face ``tokenizers``
-        decodes them with ``skip_special_tokens=True``: what an OpenAI-style ``echo`` shows, and the
-        streamed pieces of the same ids joined. Each token's bytes are llama.cpp's ``llama_token_to_piece``
-        (control and unknown tokens give none); when the vocabulary adds SentencePiece's space prefix
-        (Llama 2, Phi-3; not Gemma 3, not byte-level BPE) the one space it put before the text is dropped,
-        as HF's Strip/Metaspace decoder and llama.cpp's own ``remove_space`` do. Bytes that are not
-        UTF-8 become U+FFFD. Raises ``UserInputError`` for an id outside the vocabulary (llama.cpp would
-        abort the process).
+        decodes them with ``skip_special_tokens=True``: what an OpenAI-style ``echo`` shows (for a prompt's
+        ids and those generated after it: the prompt as written, then the streamed pieces). Each token's
+        bytes are llama.cpp's ``llama_token_to_piece`` (control and unknown tokens give none); when the
+        vocabulary adds SentencePiece's space prefix (Llama 2, Phi-3; not Gemma 3, not byte-level BPE) the
+        one space it put before the text is dropped, as HF's Strip/Metaspace decoder and llama.cpp's own
+        ``remove_space`` do. Bytes that are not UTF-8 become U+FFFD. Raises ``UserInputError`` for an id
+        outside the vocabulary (llama.cpp would abort the process).
 
         Neither llama-cpp-python's ``Llama.detokenize`` (it drops a leading space after a BOS even where the
         text had one, and keeps the prefix space without a BOS) nor llama.cpp's ``llama_detokenize``: with
