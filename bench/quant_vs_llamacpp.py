@@ -113,13 +113,35 @@ def ours(ref: Path, out: Path, size: int, speed_of: Path, calib: Path) -> dict:
     }
 
 
+def _identity(path: Path) -> list:
+    st = path.stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def _text_identity(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def quality(models: list[Path], ref: Path, text: Path, chunks: int, threads: int) -> dict[str, dict]:
+    """Quality of each model against ``ref``; results are kept in ``quality-cache.json`` beside the
+    models, keyed by the model's and the reference's path, size and mtime, the text's hash and the
+    chunk count, so a rerun after a crash scores only the files that changed (evaluation is deterministic)."""
     from edgegen.evaluate.quality import evaluate_many
 
     keys = ("file_bytes", "bits_per_weight", "ppl", "ppl_ref", "kl_mean", "kl_stderr", "kl_p99",
             "top1_agreement", "top1_stderr", "n_tokens_scored")
-    reports = evaluate_many(models, ref, text, chunk_tokens=512, max_chunks=chunks, n_threads=threads)
-    return {str(m): {k: r.to_dict()[k] for k in keys} for m, r in zip(models, reports, strict=True)}
+    cache_path = models[0].parent / "quality-cache.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    key = {str(m): json.dumps([_identity(m), _identity(ref), _text_identity(text), chunks]) for m in models}
+    todo = [m for m in models if key[str(m)] not in cache]
+    if todo:
+        reports = evaluate_many(todo, ref, text, chunk_tokens=512, max_chunks=chunks, n_threads=threads)
+        for m, r in zip(todo, reports, strict=True):
+            cache[key[str(m)]] = {k: r.to_dict()[k] for k in keys}
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return {str(m): cache[key[str(m)]] for m in models}
 
 
 def speed(mine: Path, theirs: Path, rounds: int) -> dict:

@@ -143,6 +143,27 @@ def test_decode_and_prefill_limits_are_both_met_or_refused(data, slack, fracs):
     assert sum(c.prefill_ms for c in picks.values()) <= max_pre * (1 + 1e-9) + 1e-12
 
 
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(20, 40))
+def test_limits_copied_from_another_files_mix_are_met_and_its_loss_is_matched(seed, n):
+    """``--speed-of FILE``: the size, decode and prefill limits are those of another mix of the same
+    candidates, so a plan meeting all three exists. The first two-limit scan (six weighted limits of 1,
+    no search below) refused 13 of 60 such draws; the field case was SmolLM2 at llama.cpp+imatrix
+    Q3_K_M's size and speed, where both times bind before the bytes."""
+    rng = np.random.default_rng(seed)
+    choices = [TensorChoice(f"t{i}", (1, 1), [
+        Candidate(f"T{j}", int(rng.integers(1, 51)), float(rng.uniform(0, 10)), float(rng.uniform(0, 5)),
+                  float(rng.uniform(0, 5))) for j in range(int(rng.integers(1, 5)))]) for i in range(n)]
+    anchor = [t.candidates[int(rng.integers(len(t.candidates)))] for t in choices]
+    budget, max_ms, max_pre = (sum(f(c) for c in anchor) for f in (
+        lambda c: c.nbytes, lambda c: c.ms, lambda c: c.prefill_ms))
+    picks = allocate(choices, budget, max_ms, max_pre)
+    assert sum(c.nbytes for c in picks.values()) <= budget
+    assert sum(c.ms for c in picks.values()) <= max_ms * (1 + 1e-9)
+    assert sum(c.prefill_ms for c in picks.values()) <= max_pre * (1 + 1e-9)
+    assert sum(c.loss for c in picks.values()) <= sum(c.loss for c in anchor) + 1e-9
+
+
 def test_prefill_limit_moves_a_tensor_off_the_format_that_is_fast_only_in_decode():
     # two formats of equal size: "Q4_1" decodes as fast and is more accurate, but prefills 3x slower
     def tensor(name):

@@ -156,6 +156,7 @@ def _hull(cands: list[Candidate], mu: float = 0.0) -> list[Candidate]:
 
 
 PREFILL_WEIGHTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+LIMIT_STEPS = 12  # bisection steps on the weighted time limit (1/4096 of it)
 
 
 def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | None = None,
@@ -164,32 +165,55 @@ def allocate(choices: list[TensorChoice], budget_bytes: int, max_ms: float | Non
     prefill ms <= max_prefill_ms (each limit optional), least predicted loss.
 
     Two time limits: each candidate's time becomes the weighted sum (1 - a) * ms / max_ms +
-    a * prefill_ms / max_prefill_ms with one limit of 1, solved as below for each a in
-    ``PREFILL_WEIGHTS``; of the plans that meet both real limits the least lossy wins. (Any plan
-    meeting both limits meets every weighted one, so the scan loses only plans between the weights.)
-    BudgetError when none meets both.
+    a * prefill_ms / max_prefill_ms, for each a in ``PREFILL_WEIGHTS``. The plan solved under a
+    weighted limit L (as below) meets both real limits when the bytes bind first; when the times
+    bind, it sits on the line where the weighted sum is L, past one real limit unless both are met
+    exactly, so L is lowered by bisection (``LIMIT_STEPS`` halvings) to the largest value whose
+    plan meets both. Each feasible plan then spends the bytes, decode and prefill time it left
+    (``_fill``); of these the least lossy wins. BudgetError when no direction and limit meets both.
     """
     if max_prefill_ms is None:
         return _allocate_timed(choices, budget_bytes, max_ms)
     weights = PREFILL_WEIGHTS if max_ms is not None else (1.0,)
     by_key = {(t.name, c.qtype): c for t in choices for c in t.candidates}
+    slack = 1 + 1e-9
+
+    def meets(picks: dict[str, Candidate]) -> bool:
+        return ((max_ms is None or _total_ms(picks) <= max_ms * slack)
+                and _total_prefill_ms(picks) <= max_prefill_ms * slack)
+
     best: dict[str, Candidate] | None = None
     for a in weights:
         scaled = [TensorChoice(t.name, t.shape, [
             replace(c, ms=(1 - a) * c.ms / max(max_ms or 1.0, 1e-300) + a * c.prefill_ms / max(max_prefill_ms, 1e-300))
             for c in t.candidates]) for t in choices]
-        try:
-            picks = _allocate_timed(scaled, budget_bytes, 1.0)
-        except BudgetError:
-            continue
-        picks = {name: by_key[(name, c.qtype)] for name, c in picks.items()}
-        slack = 1 + 1e-9
-        if max_ms is not None and _total_ms(picks) > max_ms * slack:
-            continue
-        if sum(c.prefill_ms for c in picks.values()) > max_prefill_ms * slack:
-            continue
-        if best is None or _total_loss(picks) < _total_loss(best):
-            best = picks
+
+        def solve(limit: float, scaled: list[TensorChoice] = scaled) -> dict[str, Candidate] | None:
+            try:
+                picks = _allocate_timed(scaled, budget_bytes, limit)
+            except BudgetError:
+                return None
+            return {name: by_key[(name, c.qtype)] for name, c in picks.items()}
+
+        found = solve(1.0)
+        if found is None:
+            continue  # even the weighted limit cannot be met in this direction
+        if not meets(found):
+            found, lo, hi = None, 0.0, 1.0
+            for _ in range(LIMIT_STEPS):
+                mid = (lo + hi) / 2
+                picks = solve(mid)
+                if picks is None:
+                    lo = mid  # too tight for any plan: raise the limit
+                elif meets(picks):
+                    found, lo = picks, mid
+                else:
+                    hi = mid
+            if found is None:
+                continue
+        found = _fill(choices, found, budget_bytes, max_ms, max_prefill_ms)
+        if best is None or _total_loss(found) < _total_loss(best):
+            best = found
     if best is None:
         fastest = sum(min(c.prefill_ms for c in t.candidates) for t in choices)
         raise BudgetError(
@@ -258,22 +282,29 @@ def _lagrange(choices: list[TensorChoice], budget_bytes: int, max_ms: float) -> 
 
 
 def _fill(choices: list[TensorChoice], picks: dict[str, Candidate], budget_bytes: int,
-          max_ms: float) -> dict[str, Candidate]:
-    """Spend what is left of both budgets: repeatedly take the switch that removes most loss per
-    share of the remaining resources, while one fits."""
+          max_ms: float | None, max_prefill_ms: float | None = None) -> dict[str, Candidate]:
+    """Spend what is left of every budget (bytes, and decode / prefill time where limited):
+    repeatedly take the switch that removes most loss per share of the remaining resources, while
+    one fits."""
     picks = dict(picks)
+    limits = [(lambda c: c.nbytes, budget_bytes)]
+    if max_ms is not None:
+        limits.append((lambda c: c.ms, max_ms))
+    if max_prefill_ms is not None:
+        limits.append((lambda c: c.prefill_ms, max_prefill_ms))
     while True:
-        bytes_left = budget_bytes - sum(c.nbytes for c in picks.values())
-        ms_left = max_ms - _total_ms(picks)
+        left = [limit - sum(cost(c) for c in picks.values()) for cost, limit in limits]
         best, best_score = None, 0.0
         for t in choices:
             cur = picks[t.name]
             for c in t.candidates:
                 gain = cur.loss - c.loss
-                db, dt = c.nbytes - cur.nbytes, c.ms - cur.ms
-                if gain <= 0 or db > bytes_left or dt > ms_left + 1e-12:
+                if gain <= 0:
                     continue
-                use = max(db, 0) / max(bytes_left, 1) + max(dt, 0.0) / max(ms_left, 1e-12)
+                deltas = [cost(c) - cost(cur) for cost, _ in limits]
+                if any(d > room + 1e-12 * max(abs(room), 1.0) for d, room in zip(deltas, left, strict=True)):
+                    continue
+                use = sum(max(d, 0) / max(room, 1e-12) for d, room in zip(deltas, left, strict=True))
                 score = gain / use if use > 0 else float("inf")
                 if score > best_score:
                     best, best_score = (t.name, c), score
@@ -288,6 +319,10 @@ def _total_loss(picks: dict[str, Candidate]) -> float:
 
 def _total_ms(picks: dict[str, Candidate]) -> float:
     return sum(c.ms for c in picks.values())
+
+
+def _total_prefill_ms(picks: dict[str, Candidate]) -> float:
+    return sum(c.prefill_ms for c in picks.values())
 
 
 def _allocate(choices: list[TensorChoice], budget_bytes: int, mu: float) -> dict[str, Candidate]:
