@@ -89,7 +89,9 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--prune", default="layers=26,ffn=1024")
     ap.add_argument("--curve", default="3,8,14")
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    ap.add_argument("--schedule", default="linear", help="learning-rate schedule: linear (to 0 by each budget) or "
+                    "constant; the curve's runs extend one another, so a linear curve restarts the decay")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--curve-chunks", type=int, default=4)
     ap.add_argument("--speed-rounds", type=int, default=5)
@@ -151,14 +153,15 @@ def main() -> None:  # noqa: PLR0915
             budgets = [round(last / 4, 1), round(last / 2, 1), last]
             log(f"--finish-by {args.finish_by}: distillation curve shrunk to {budgets} minutes")
     cfg = DistillConfig(budget_minutes=budgets[0], lr=args.lr, seq_len=256, checkpoint_minutes=2.0,
-                         n_threads=args.threads)
+                         n_threads=args.threads, schedule=args.schedule)
+    tag = f"{args.schedule}-lr{args.lr:g}"  # a fresh work dir (teacher cache included) per setting
     curve_files = [(0.0, pruned)]
     dreports = []
     for b in budgets:
-        out = work / f"distilled-{b:g}min.gguf"
+        out = work / f"distilled-{tag}-{b:g}min.gguf"
         if not out.exists():
             r = distill(pruned, ref, out, text=distill_text, config=replace(cfg, budget_minutes=b),
-                        workdir=work / "distill")
+                        workdir=work / f"distill-{tag}")
             dreports.append({k: v for k, v in r.to_dict().items() if k != "curve"} | {"loss_curve_tail": r.curve[-3:]})
             log(f"distilled {b} min: {r.steps} steps, loss {r.kl_first:.3f} -> {r.kl_last:.3f}")
         curve_files.append((b, out))
@@ -166,7 +169,7 @@ def main() -> None:  # noqa: PLR0915
     keys = ("kl_mean", "kl_stderr", "top1_agreement", "ppl")
     curve = [{"minutes": m, "file": str(p), **{k: curve_q[str(p)][k] for k in keys}} for m, p in curve_files]
     final = curve_files[-1][1]
-    files["prune+distill+quant"] = work / "prune-distill-quant.gguf"
+    files["prune+distill+quant"] = work / f"prune-distill-quant-{tag}.gguf"
     costs["prune+distill+quant"] = compress_to(final, files["prune+distill+quant"], small, calib)
     side_rc = side.wait()
     if side_rc != 0:
@@ -207,8 +210,8 @@ def main() -> None:  # noqa: PLR0915
         "kl_pq_vs_pdq": [pq["kl_mean"], pdq["kl_mean"]],
         "projection": fit_crossing(curve, same["kl_mean"]),
     }
-    result = {"reference": str(ref), "prune": args.prune, "lr": args.lr, "curve_minutes": budgets,
-              "argv": sys.argv[1:],
+    result = {"reference": str(ref), "prune": args.prune, "lr": args.lr, "schedule": args.schedule,
+              "curve_minutes": budgets, "argv": sys.argv[1:],
               "eval_plays": EVALUATION_PLAYS, "calibration_plays": CALIBRATION_PLAYS, "distill_plays": DISTILL_PLAYS,
               "chunks": args.chunks, "speed_rounds": args.speed_rounds, "load_avg_start": load_start,
               "load_avg_end": os.getloadavg(), "wall_s": round(time.perf_counter() - t_start, 1),

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from edgegen.distill import DistillConfig, distill, kd_loss
-from edgegen.errors import BudgetError, TokenizerMismatchError
+from edgegen.distill.trainer import learning_rate
+from edgegen.errors import BudgetError, TokenizerMismatchError, UserInputError
 from edgegen.evaluate.quality import evaluate_many
 from edgegen.prune import PruneTarget, prune
 from edgegen.runtime.engine import Engine, SamplingParams
@@ -50,6 +51,19 @@ def test_kd_loss_is_zero_only_at_the_teacher() -> None:
     assert float(kd_loss(t + torch.randn(5, 50), lp, ids)) > 0.01
     top = lp.topk(8, -1)
     assert float(kd_loss(t, top.values, top.indices, temperature=2.0)) > 0.0  # tail mass elsewhere
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_by_the_budget() -> None:
+    cfg = DistillConfig(budget_minutes=10, lr=1e-3, warmup_steps=4)
+    assert [learning_rate(cfg, s, 0.0) for s in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert learning_rate(cfg, 100, 150.0) == pytest.approx(7.5e-4)  # a quarter of the 600 s spent
+    assert learning_rate(cfg, 100, 600.0) == 0.0 and learning_rate(cfg, 100, 900.0) == 0.0
+    steps = DistillConfig(budget_minutes=10, lr=1e-3, warmup_steps=1, max_steps=40)
+    assert learning_rate(steps, 30, 60.0) == pytest.approx(2.5e-4)  # steps run out before minutes
+    flat = DistillConfig(budget_minutes=10, lr=1e-3, warmup_steps=1, schedule="constant")
+    assert learning_rate(flat, 100, 599.0) == 1e-3
+    with pytest.raises(UserInputError, match="schedule"):
+        DistillConfig(budget_minutes=1, schedule="cosine-ish")
 
 
 def test_distillation_lowers_kl_on_stories260k(stories_gguf: Path, student: Path, story_text: Path,

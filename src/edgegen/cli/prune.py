@@ -80,7 +80,9 @@ def distill_cmd(
         "--text", help="training text file or folder of .txt (default: plays kept out of evaluation)")] = None,
     work_dir: Annotated[Path | None, typer.Option(
         "--work-dir", help="checkpoints and teacher cache (default OUT.distill/); rerun to resume")] = None,
-    lr: Annotated[float, typer.Option("--lr")] = 2e-4,
+    lr: Annotated[float, typer.Option("--lr", help="peak learning rate (AdamW)")] = 2e-4,
+    schedule: Annotated[str, typer.Option(
+        "--lr-schedule", help="linear: decay to 0 at the end of the budget; constant: keep the peak")] = "linear",
     seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per training sequence")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", help="KL temperature")] = 1.0,
     max_sequences: Annotated[int | None, typer.Option(
@@ -98,7 +100,7 @@ def distill_cmd(
         raise BudgetError(f"the distillation budget must be more than 0 minutes, not {budget_minutes}")
     check_output_path(out)
     config = DistillConfig(budget_minutes=budget_minutes, lr=lr, seq_len=seq_len, temperature=temperature,
-                           max_sequences=max_sequences, max_steps=max_steps,
+                           max_sequences=max_sequences, max_steps=max_steps, schedule=schedule,
                            checkpoint_minutes=checkpoint_minutes, n_threads=threads)
     corpus = _text(text, DISTILL_PLAYS)
     work = work_dir or out.with_name(out.name + ".distill")

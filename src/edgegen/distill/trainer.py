@@ -8,9 +8,15 @@ was pruned): for each position, KL(p_teacher^tau || p_student^tau) * tau^2 (Hint
 arXiv:1503.02531), with the teacher's top-k cached on disk (``teacher.TeacherCache``) and renormalised
 over those k tokens; the student's log-probabilities are over its whole vocabulary. No hidden-state
 loss (not implemented). The student is our torch forward on the GGUF's own tensors
-(``compress.forward``); every block weight and norm trains with AdamW (linear warm-up, then constant
-learning rate), the token embedding (tied to the output head in SmolLM2) stays frozen unless
-``train_embeddings``. The teacher runs in llama.cpp, once per sequence.
+(``compress.forward``); every block weight and norm trains with AdamW, the token embedding (tied to the
+output head in SmolLM2) stays frozen unless ``train_embeddings``. The teacher runs in llama.cpp, once per sequence.
+
+Learning rate (``learning_rate``): linear warm-up over ``warmup_steps``, then, by default
+(``schedule="linear"``), a linear decay to zero at the end of the budget, the budget being wall-clock
+minutes (or ``max_steps``, whichever ends first). Decaying to zero by the budget is the schedule Li,
+Yumer and Ramanan found best when training time is fixed in advance ("Budgeted Training", ICLR 2020,
+arXiv:1905.04753); ``schedule="constant"`` keeps the peak rate after warm-up. Extending a finished run
+with a larger budget restarts the decay from where that budget puts it.
 
 Budget and checkpoints: training stops when ``budget_minutes`` of wall-clock time (teacher included)
 have been spent, counted across resumptions. Every ``checkpoint_minutes`` (and at the end) the weights,
@@ -42,6 +48,7 @@ from edgegen.errors import BudgetError, UserInputError
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -60,11 +67,16 @@ class DistillConfig:
     n_threads: int = 1  # torch threads (and the teacher's llama.cpp threads)
     seed: int = 0
     max_steps: int | None = None  # stop earlier than the budget (tests, curves)
+    schedule: str = "linear"  # "linear": decay to 0 at the end of the budget; "constant"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UserInputError(f"unknown learning-rate schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
 
     def loss_settings(self) -> dict[str, Any]:
         return {"max_sequences": self.max_sequences, "seq_len": self.seq_len, "lr": self.lr,
                 "temperature": self.temperature, "top_k": self.top_k, "train_embeddings": self.train_embeddings,
-                "seed": self.seed, "warmup_steps": self.warmup_steps}
+                "seed": self.seed, "warmup_steps": self.warmup_steps, "schedule": self.schedule}
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,22 @@ def kd_loss(student_logits: torch.Tensor, t_logprobs: torch.Tensor, t_ids: torch
     log_q = torch.log_softmax(student_logits / tau, dim=-1).gather(1, t_ids)  # [T, k]
     log_p = torch.log_softmax(t_logprobs / tau, dim=-1)  # [T, k], renormalised over the top-k
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * tau * tau
+
+
+def learning_rate(config: DistillConfig, step: int, elapsed_s: float) -> float:
+    """The learning rate of step ``step`` (0-based), begun ``elapsed_s`` seconds into the budget.
+
+    Warm-up multiplies the peak ``config.lr`` by (step + 1) / warmup_steps up to 1; the linear
+    schedule then multiplies by the budget left, 1 - max(elapsed / budget, step / max_steps), floored
+    at 0 (see the module docstring for the source).
+    """
+    rate = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    if config.schedule == "constant":
+        return rate
+    used = elapsed_s / (config.budget_minutes * 60.0)
+    if config.max_steps:
+        used = max(used, step / config.max_steps)
+    return rate * max(0.0, 1.0 - used)
 
 
 def _sequences(student: Path, text: str, seq_len: int) -> list[list[int]]:
@@ -191,7 +219,7 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
             pending = prefetch.submit(cache.get, nxt, seqs[nxt])  # the teacher (llama.cpp, GIL released)
             # runs on the other core while the student trains on this sequence
             for g in opt.param_groups:
-                g["lr"] = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+                g["lr"] = learning_rate(config, step, elapsed)
             logits = fwd(torch.tensor(ids, dtype=torch.long), grad=False)  # [T, V]
             loss = kd_loss(logits, torch.from_numpy(t_lp), torch.from_numpy(t_ids), config.temperature)
             opt.zero_grad(set_to_none=True)
