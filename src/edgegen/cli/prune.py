@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -81,8 +82,10 @@ def distill_cmd(
     work_dir: Annotated[Path | None, typer.Option(
         "--work-dir", help="checkpoints and teacher cache (default OUT.distill/); rerun to resume")] = None,
     lr: Annotated[float, typer.Option("--lr", help="peak learning rate (AdamW)")] = 2e-4,
+    # the values of distill.LRSchedule, written out: importing it would import torch for every command
     schedule: Annotated[str, typer.Option(
-        "--lr-schedule", help="linear: decay to 0 at the end of the budget; constant: keep the peak")] = "linear",
+        "--lr-schedule", click_type=click.Choice(["linear", "constant"]),
+        help="linear: decay to 0 at the end of the budget; constant: keep the peak")] = "linear",
     seq_len: Annotated[int, typer.Option("--seq-len", help="tokens per training sequence")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", help="KL temperature")] = 1.0,
     max_sequences: Annotated[int | None, typer.Option(

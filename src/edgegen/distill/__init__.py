@@ -7,6 +7,7 @@ holds the loss (``kd_loss``) and the budgeted, resumable loop. Pruning is ``edge
 """
 
 from edgegen.distill.teacher import TeacherCache, same_tokenizer
-from edgegen.distill.trainer import DistillConfig, DistillReport, DistillStatus, distill, kd_loss
+from edgegen.distill.trainer import DistillConfig, DistillReport, DistillStatus, LRSchedule, distill, kd_loss
 
-__all__ = ["DistillConfig", "DistillReport", "DistillStatus", "TeacherCache", "distill", "kd_loss", "same_tokenizer"]
+__all__ = ["DistillConfig", "DistillReport", "DistillStatus", "LRSchedule", "TeacherCache", "distill", "kd_loss",
+           "same_tokenizer"]

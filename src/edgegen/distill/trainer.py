@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,13 @@ from edgegen.errors import BudgetError, UserInputError
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
-SCHEDULES = ("linear", "constant")
+
+
+class LRSchedule(str, Enum):
+    """Learning rate after warm-up: ``LINEAR`` decays to 0 at the end of the budget, ``CONSTANT`` stays."""
+
+    LINEAR = "linear"
+    CONSTANT = "constant"
 
 
 @dataclass(frozen=True)
@@ -67,16 +74,19 @@ class DistillConfig:
     n_threads: int = 1  # torch threads (and the teacher's llama.cpp threads)
     seed: int = 0
     max_steps: int | None = None  # stop earlier than the budget (tests, curves)
-    schedule: str = "linear"  # "linear": decay to 0 at the end of the budget; "constant"
+    schedule: LRSchedule = LRSchedule.LINEAR  # also accepts its value, "linear" or "constant"
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise UserInputError(f"unknown learning-rate schedule {self.schedule!r}; one of {', '.join(SCHEDULES)}")
+        try:
+            object.__setattr__(self, "schedule", LRSchedule(self.schedule))
+        except ValueError:
+            names = ", ".join(s.value for s in LRSchedule)
+            raise UserInputError(f"unknown learning-rate schedule {self.schedule!r}; one of {names}") from None
 
     def loss_settings(self) -> dict[str, Any]:
         return {"max_sequences": self.max_sequences, "seq_len": self.seq_len, "lr": self.lr,
                 "temperature": self.temperature, "top_k": self.top_k, "train_embeddings": self.train_embeddings,
-                "seed": self.seed, "warmup_steps": self.warmup_steps, "schedule": self.schedule}
+                "seed": self.seed, "warmup_steps": self.warmup_steps, "schedule": self.schedule.value}
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ def learning_rate(config: DistillConfig, step: int, elapsed_s: float) -> float:
     at 0 (see the module docstring for the source).
     """
     rate = config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
-    if config.schedule == "constant":
+    if config.schedule is LRSchedule.CONSTANT:
         return rate
     used = elapsed_s / (config.budget_minutes * 60.0)
     if config.max_steps:
