@@ -16,9 +16,11 @@ Files (all from the F16 reference, ``formats.convert.cached_reference``):
 Quality: ``evaluate.quality.evaluate_many`` on ``hub.texts.EVALUATION_PLAYS`` (``--chunks`` x 512
 tokens, llama-perplexity's definitions). Distillation runs on plays in neither calibration nor
 evaluation (``cli.prune.DISTILL_PLAYS``); its curve: the distilled (unquantized) student evaluated
-after each budget in ``--curve`` (the run resumes from its checkpoint each time), and a power-law fit
+after each budget in ``--curve`` (``--curve-mode chained``: the run resumes from its checkpoint each time;
+``independent``: a fresh run per budget), and a power-law fit
 KL(t) = a t^-b projecting where it would reach quant-only@same-size's KL. Speed: ``evaluate.bench.
-compare_speed`` (every file in interleaved rounds, one thread, CPU ms per decoded token), ratios taken
+compare_speed`` (every file in interleaved rounds, the decode steps token by token, one thread, CPU ms per
+decoded token), ratios taken
 round by round, verdict from ``evaluate.rounds`` (noisy or not). Writes ``bench/results/prune_distill.json``
 and ``prune_distill.png``.
 """
@@ -29,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -92,6 +95,10 @@ def main() -> None:  # noqa: PLR0915
     ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     ap.add_argument("--schedule", default="linear", help="learning-rate schedule: linear (to 0 by each budget) or "
                     "constant; the curve's runs extend one another, so a linear curve restarts the decay")
+    ap.add_argument("--curve-mode", choices=("chained", "independent"), default="chained",
+                    help="chained: each budget resumes the previous one's run (cheap; a linear schedule restarts its "
+                    "decay at each extension); independent: each budget is a fresh run from the pruned model, its "
+                    "rate decaying to 0 by that budget (what a user with that budget gets; costs the sum of budgets)")
     ap.add_argument("--chunks", type=int, default=8)
     ap.add_argument("--curve-chunks", type=int, default=4)
     ap.add_argument("--speed-rounds", type=int, default=5)
@@ -155,13 +162,15 @@ def main() -> None:  # noqa: PLR0915
     cfg = DistillConfig(budget_minutes=budgets[0], lr=args.lr, seq_len=256, checkpoint_minutes=2.0,
                          n_threads=args.threads, schedule=args.schedule)
     tag = f"{args.schedule}-lr{args.lr:g}"  # a fresh work dir (teacher cache included) per setting
+    if args.curve_mode == "independent":
+        tag += "-independent"
     curve_files = [(0.0, pruned)]
     dreports = []
     for b in budgets:
         out = work / f"distilled-{tag}-{b:g}min.gguf"
         if not out.exists():
-            r = distill(pruned, ref, out, text=distill_text, config=replace(cfg, budget_minutes=b),
-                        workdir=work / f"distill-{tag}")
+            run_dir = work / (f"distill-{tag}-{b:g}min" if args.curve_mode == "independent" else f"distill-{tag}")
+            r = distill(pruned, ref, out, text=distill_text, config=replace(cfg, budget_minutes=b), workdir=run_dir)
             dreports.append({k: v for k, v in r.to_dict().items() if k != "curve"} | {"loss_curve_tail": r.curve[-3:]})
             log(f"distilled {b} min: {r.steps} steps, loss {r.kl_first:.3f} -> {r.kl_last:.3f}")
         curve_files.append((b, out))
@@ -180,8 +189,15 @@ def main() -> None:  # noqa: PLR0915
     q = quality(list(files.values()), ref, evalt, args.chunks, 1)
     log("speed rounds")
     load_before = load_average()
-    raw = compare_speed(list(files.values()), rounds=args.speed_rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
+    # the control: a byte-for-byte copy of the base file, timed as one more file; identical bytes at other
+    # memory pages have decoded up to 6% apart here (bench/results/speed_interleave.json), which bounds
+    # what any ratio below can conclude
+    control = work / "control-copy-of-quant-only-q4km.gguf"
+    shutil.copyfile(files["quant-only@Q4_K_M"], control)
+    raw = compare_speed([*files.values(), control], rounds=args.speed_rounds, prompt_tokens=511, gen_tokens=32,
+                        n_threads=1)
     dec = {name: raw[str(p)]["decode_cpu_ms_per_token"] for name, p in files.items()}
+    control_speed = ratios(raw[str(control)]["decode_cpu_ms_per_token"], dec["quant-only@Q4_K_M"])
     noise = Noise(load_before=load_before, threads=1, cores=os.cpu_count() or 1,
                   max_cv=max(Spread.of(v).cv for v in dec.values()))
     base = dec["quant-only@Q4_K_M"]
@@ -203,6 +219,8 @@ def main() -> None:  # noqa: PLR0915
                                  round(speedup["prune+distill+quant"].high, 3)],
         "decode_speedup_ge_1.25_all_rounds": speedup["prune+distill+quant"].low >= 1.25,
         "speed_noisy": noise.noisy, "noise": noise.to_dict(),
+        "control_copy_speedup": control_speed.to_dict(),
+        "decode_speedup_low_over_control_high": round(speedup["prune+distill+quant"].low / control_speed.high, 3),
         "kl_distilled_over_pruned_unquantized": round(curve[-1]["kl_mean"] / kl0, 4),
         "distill_kl_le_0.5x": curve[-1]["kl_mean"] <= 0.5 * kl0,
         "kl_pdq_vs_quant_only_same_size": [pdq["kl_mean"], same["kl_mean"]],
@@ -211,6 +229,7 @@ def main() -> None:  # noqa: PLR0915
         "projection": fit_crossing(curve, same["kl_mean"]),
     }
     result = {"reference": str(ref), "prune": args.prune, "lr": args.lr, "schedule": args.schedule,
+              "curve_mode": args.curve_mode,
               "curve_minutes": budgets, "argv": sys.argv[1:],
               "eval_plays": EVALUATION_PLAYS, "calibration_plays": CALIBRATION_PLAYS, "distill_plays": DISTILL_PLAYS,
               "chunks": args.chunks, "speed_rounds": args.speed_rounds, "load_avg_start": load_start,

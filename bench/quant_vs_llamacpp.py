@@ -22,8 +22,9 @@ as a subprocess (its wall time and peak RSS are the compression cost), calibrate
 
 Quality: ``evaluate.quality.evaluate_many`` on the *other* plays (``EVALUATION_PLAYS``, 16 chunks of
 512 tokens): mean KL divergence from the reference and top-1 agreement, llama-perplexity's
-definitions. Speed: ``evaluate.bench.compare_speed``, ours and the imatrix file in interleaved rounds,
-one thread, process CPU time per prompt token (511-token prompt) and per generated token; the ratio
+definitions. Speed: ``evaluate.bench.compare_speed``, ours and the imatrix file in interleaved rounds
+(decode token by token), one thread, process CPU time per prompt token (511-token prompt) and per
+generated token; the ratio
 theirs/ours is taken round by round and reported as median and range. A ratio is "concluded" only
 when its whole range lies on one side of 0.95.
 
@@ -159,6 +160,28 @@ def speed(mine: Path, theirs: Path, rounds: int) -> dict:
     return out
 
 
+def speed_only(args: argparse.Namespace) -> None:
+    """``--speed-only``: the speed rows of an earlier run, measured again on the same files."""
+    rows = []
+    for name in args.refs.split(","):
+        for ftype in args.sizes.split(","):
+            mine = args.out / name / f"edgegen-at-{ftype}-size.gguf"
+            theirs = args.out / name / f"llama-imatrix-{ftype}.gguf"
+            load0 = os.getloadavg()
+            s = speed(mine, theirs, args.speed_rounds)
+            rows.append({"reference": name, "size_of": ftype, "ours": str(mine), "theirs": str(theirs),
+                         "ours_bytes": mine.stat().st_size, "theirs_bytes": theirs.stat().st_size,
+                         "speed_vs_imatrix_file": s, "load_avg_during_speed": [load0, os.getloadavg()]})
+            print(f"[{name} {ftype}] decode {s['decode']['ratio']} prefill {s['prefill']['ratio']}",
+                  file=sys.stderr, flush=True)
+    text = json.dumps({"speed": {"rounds": args.speed_rounds, "threads": 1, "clock": "process CPU time",
+                                 "prompt_tokens": 511, "gen_tokens": 32, "decode_interleave": "token by token"},
+                       "rows": rows}, indent=1)
+    if args.json_out is not None:
+        args.json_out.write_text(text + "\n")
+    print(text)
+
+
 def reference(name: str, home: Path) -> tuple[Path, dict | None]:
     from edgegen.formats.convert import cached_reference
     from edgegen.hub.sources import pull
@@ -240,7 +263,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--speed-rounds", type=int, default=5)
     ap.add_argument("--json-out", type=Path, default=None, help="also rewrite the JSON here after every row")
+    ap.add_argument("--speed-only", action="store_true", help="only re-measure the speed of the file pairs an "
+                    "earlier run left in --out (ours and llama.cpp+imatrix's, per reference and size)")
     args = ap.parse_args()
+    if args.speed_only:
+        speed_only(args)
+        return
 
     from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, plays_text
 

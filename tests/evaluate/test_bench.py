@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from edgegen.evaluate.bench import bytes_read_per_token, compare_decode
+from edgegen.evaluate.bench import bytes_read_per_token, compare_decode, compare_speed
 from edgegen.formats.gguf_file import open_reader
 
 
@@ -29,3 +29,15 @@ def test_tied_embedding_is_read_every_token(stories_gguf):
         assert bytes_read_per_token(stories_gguf) == total - embd
     else:
         assert bytes_read_per_token(stories_gguf) == total
+
+
+def test_compare_speed_keeps_one_value_per_round_at_every_block_size(stories_gguf, stories_dir, tmp_path):
+    from edgegen.formats.convert import convert_model
+
+    f16 = convert_model(stories_dir, tmp_path / "f16.gguf", dtype="f16")
+    for block in (1, 4, 100):
+        out = compare_speed([stories_gguf, f16], rounds=3, prompt_tokens=40, gen_tokens=12, block=block)
+        assert set(out) == {str(stories_gguf), str(f16)}
+        for row in out.values():
+            assert len(row["prefill_cpu_ms_per_token"]) == len(row["decode_cpu_ms_per_token"]) == 3
+            assert all(0 < v < math.inf for v in row["prefill_cpu_ms_per_token"] + row["decode_cpu_ms_per_token"])

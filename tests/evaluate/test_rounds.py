@@ -77,3 +77,17 @@ def test_run_bench_many_reports_spread_and_same_round_ratios(stories_gguf: Path)
         assert r.decode_spread["low"] <= r.decode_tokens_per_s <= r.decode_spread["high"]
         assert set(r.noise) >= {"noisy", "reasons", "load_before", "max_cv"}
     assert a.decode_ratio_to_first["median"] == 1.0 and a.decode_ratio_to_first["cv"] == 0.0
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_williams_orders_balance_positions_and_predecessors(n):
+    from collections import Counter
+
+    from edgegen.evaluate.rounds import williams_orders
+
+    orders = williams_orders(n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    positions = Counter((v, i) for o in orders for i, v in enumerate(o))
+    assert len(set(positions.values())) == 1 and len(positions) == n * n
+    pairs = Counter((a, b) for o in orders for a, b in zip(o, o[1:]))
+    assert len(pairs) == n * (n - 1) and len(set(pairs.values())) <= 1

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from edgegen.errors import EngineError
-from edgegen.evaluate.rounds import Noise, Spread, idle_cores, interleave, load_average, ratios
+from edgegen.evaluate.rounds import Noise, Spread, idle_cores, interleave, load_average, ratios, williams_orders
 from edgegen.formats.gguf_file import open_reader, read_per_token, validate_gguf
 
 
@@ -264,14 +264,25 @@ def run_bench(
 
 def compare_speed(
     models: Sequence[Path], *, rounds: int = 5, prompt_tokens: int = 511, gen_tokens: int = 32,
-    n_threads: int = 1,
+    n_threads: int = 1, block: int = 1, use_mmap: bool = True,
 ) -> dict[str, dict[str, list[float]]]:
     """Prefill and decode cost of several files in interleaved rounds, every round kept.
 
     Each file is loaded once (``n_ctx`` = prompt + generated + 8, one batch of 512); every round runs
-    each file in turn, the order rotated by one each round (A B C, B C A, ...), on an emptied context:
+    each file in turn, in the round's order of a Williams design (``evaluate.rounds.williams_orders``:
+    each file in each position, and after each other file, equally often), on an emptied context:
     prefill of ``prompt_tokens`` tokens of fixed English text, then ``gen_tokens`` greedy tokens. Time is
     process CPU time (robust to other load at one thread), split at the first sampled token.
+
+    Decoding is interleaved within the round too: every file prefills in turn, then the files take
+    turns at ``block`` decode steps each (``block=1``, the default: A B C, A B C, ... token by token),
+    each turn timed on its own. A burst of load from elsewhere on a shared machine (a neighbour's
+    memory traffic lasts far longer than one 2-10 ms token) then lands on every file of the round
+    alike, so the round's ratios keep far less of it than when each file decodes all its tokens in one
+    0.2 s stretch (``block >= gen_tokens``, the former method). A turn may start with less of its
+    file's weights in cache than a device running one model would have; ``bench/speed_interleave.py``
+    measures how much that moves the ratios.
+
     Per file: ``prefill_cpu_ms_per_token`` and ``decode_cpu_ms_per_token``, one value per round (in
     round order, so ratios between files can be taken round by round). A first, unrecorded pass warms
     every file.
@@ -281,27 +292,37 @@ def compare_speed(
     params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
     seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
     out = {str(m): {"prefill_cpu_ms_per_token": [], "decode_cpu_ms_per_token": []} for m in models}
-    engines = [Engine(m, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads) for m in models]
+    engines = [Engine(m, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads, use_mmap=use_mmap)
+               for m in models]
     try:
         ids = [e.tokenize(seed_text * (1 + prompt_tokens // 8), add_bos=False)[:prompt_tokens] for e in engines]
+        orders = williams_orders(len(models))
         for r in range(-1, rounds):
-            order = list(range(len(models)))
-            order = order[r % len(order):] + order[: r % len(order)] if r >= 0 else order
+            order = orders[r % len(orders)] if r >= 0 else list(range(len(models)))
+            prefill = dict.fromkeys(order, 0.0)
+            decode = dict.fromkeys(order, 0.0)
+            steps = dict.fromkeys(order, 0)
+            streams = {}
             for k in order:
-                engine = engines[k]
-                engine.reset()  # a full prefill, not a prompt-cache hit
+                engines[k].reset()  # a full prefill, not a prompt-cache hit
+                streams[k] = engines[k].stream(ids[k], params)
                 c0 = time.process_time()
-                first, n = None, 0
-                for _tok in engine.stream(ids[k], params):
-                    n += 1
-                    if first is None:
-                        first = time.process_time()
-                end = time.process_time()
-                if r < 0 or first is None:
-                    continue
+                next(streams[k], None)
+                prefill[k] = time.process_time() - c0
+            for start in range(0, gen_tokens - 1, block):
+                for k in order:
+                    c0 = time.process_time()
+                    got = sum(next(streams[k], None) is not None for _ in range(min(block, gen_tokens - 1 - start)))
+                    decode[k] += time.process_time() - c0
+                    steps[k] += got
+            for stream in streams.values():
+                stream.close()
+            if r < 0:
+                continue
+            for k in order:
                 row = out[str(models[k])]
-                row["prefill_cpu_ms_per_token"].append(1e3 * (first - c0) / len(ids[k]))
-                row["decode_cpu_ms_per_token"].append(1e3 * (end - first) / max(1, n - 1))
+                row["prefill_cpu_ms_per_token"].append(1e3 * prefill[k] / len(ids[k]))
+                row["decode_cpu_ms_per_token"].append(1e3 * decode[k] / max(1, steps[k]))
     finally:
         for engine in engines:
             engine.close()

@@ -107,6 +107,33 @@ def supported(ratio: Spread, noise: Noise) -> bool:
     return not noise.noisy and ratio.n >= 2 and (ratio.low > 1.0 or ratio.high < 1.0)
 
 
+def williams_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` variants, one per round, cycled: a Williams design (Williams 1949, "Experimental
+    designs balanced for the estimation of residual effects of treatments", Aust. J. Sci. Res. A 2).
+
+    Every variant takes every position equally often and follows every other variant equally often
+    (once per cycle of ``n`` orders for even ``n``, twice per ``2n`` for odd), so whatever a variant
+    leaves behind (cache contents, memory traffic, clock state) is spread over all of them. A plain
+    rotation (A B C, B C A, C A B) gives every position but keeps each variant's neighbour fixed.
+    Returns lists of indices 0..n-1; one order ``[0]`` for ``n`` = 1.
+    """
+    if n < 1:
+        raise ValueError("no variants")
+    if n == 1:
+        return [[0]]
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + r) % n for x in first] for r in range(n)]
+    if n % 2:
+        rows += [row[::-1] for row in rows]
+    return rows
+
+
 def interleave(labels: Sequence[str], measure: Callable[[str], dict[str, float]], rounds: int
                ) -> dict[str, dict[str, list[float]]]:
     """{label: {figure: [round 1, round 2, ...]}} from ``measure(label)`` called A B C A B C ..."""
