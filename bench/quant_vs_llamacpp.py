@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -145,11 +146,15 @@ def quality(models: list[Path], ref: Path, text: Path, chunks: int, threads: int
     return {str(m): cache[key[str(m)]] for m in models}
 
 
-def speed(mine: Path, theirs: Path, rounds: int) -> dict:
-    """Interleaved rounds, one thread, CPU time; per-round ratios theirs/ours (> 1: ours faster)."""
+def speed(mine: Path, theirs: Path, rounds: int, control: Path | None = None) -> dict:
+    """Interleaved rounds, one thread, CPU time; per-round ratios theirs/ours (> 1: ours faster).
+
+    With ``control`` (a byte-for-byte copy of ``mine``, timed as a third file), also the control's
+    decode and prefill ratio copy/ours: identical bytes at other memory pages, the floor under any conclusion."""
     from edgegen.evaluate.bench import compare_speed
 
-    raw = compare_speed([mine, theirs], rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
+    files = [mine, theirs] + ([control] if control is not None else [])
+    raw = compare_speed(files, rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
     out: dict = {}
     for key, short in (("decode_cpu_ms_per_token", "decode"), ("prefill_cpu_ms_per_token", "prefill")):
         a, b = raw[str(mine)][key], raw[str(theirs)][key]
@@ -157,6 +162,8 @@ def speed(mine: Path, theirs: Path, rounds: int) -> dict:
         s = _spread(ratios)
         out[short] = {"ours_ms": _spread(a), "theirs_ms": _spread(b), "ratio": s,
                       "concluded_ge_0.95x": s["low"] >= 0.95, "concluded_lt_0.95x": s["high"] < 0.95}
+        if control is not None:
+            out[short]["control_ratio"] = _spread([c / x for x, c in zip(a, raw[str(control)][key], strict=True)])
     return out
 
 
@@ -167,12 +174,21 @@ def speed_only(args: argparse.Namespace) -> None:
         for ftype in args.sizes.split(","):
             mine = args.out / name / f"edgegen-at-{ftype}-size.gguf"
             theirs = args.out / name / f"llama-imatrix-{ftype}.gguf"
+            # every file timed from a fresh copy (a byte-identical copy of an old file has decoded up to 7%
+            # faster than the old file: README, "How speed is measured"), and a second copy of ours as control
+            fresh = args.out / name / "fresh"
+            fresh.mkdir(exist_ok=True)
+            copies = [fresh / mine.name, fresh / theirs.name, fresh / f"control-copy-of-{mine.name}"]
+            for src, dst in zip((mine, theirs, mine), copies, strict=True):
+                shutil.copyfile(src, dst)
             load0 = os.getloadavg()
-            s = speed(mine, theirs, args.speed_rounds)
+            s = speed(copies[0], copies[1], args.speed_rounds, copies[2])
+            shutil.rmtree(fresh)
             rows.append({"reference": name, "size_of": ftype, "ours": str(mine), "theirs": str(theirs),
                          "ours_bytes": mine.stat().st_size, "theirs_bytes": theirs.stat().st_size,
                          "speed_vs_imatrix_file": s, "load_avg_during_speed": [load0, os.getloadavg()]})
-            print(f"[{name} {ftype}] decode {s['decode']['ratio']} prefill {s['prefill']['ratio']}",
+            print(f"[{name} {ftype}] decode {s['decode']['ratio']} prefill {s['prefill']['ratio']} "
+                  f"control {s['decode']['control_ratio']}",
                   file=sys.stderr, flush=True)
     text = json.dumps({"speed": {"rounds": args.speed_rounds, "threads": 1, "clock": "process CPU time",
                                  "prompt_tokens": 511, "gen_tokens": 32, "decode_interleave": "token by token"},

@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--blocks", default="1,4,31")
     ap.add_argument("--gen-tokens", type=int, default=32)
     ap.add_argument("--no-mmap", action="store_true", help="load the weights into allocated memory, not mmap")
+    ap.add_argument("--fresh", action="store_true", help="time fresh copies of every file (in --work), so no file "
+                    "keeps page-cache pages older than another's")
     ap.add_argument("--work", type=Path, default=Path("/tmp/speed_interleave"))
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed_interleave.json")
     args = ap.parse_args()
@@ -40,10 +42,14 @@ def main() -> None:
     from edgegen.evaluate.rounds import load_average, ratios
 
     args.work.mkdir(parents=True, exist_ok=True)
-    control = args.work / f"copy-of-{args.files[0].name}"
-    if not control.exists() or control.stat().st_size != args.files[0].stat().st_size:
-        shutil.copyfile(args.files[0], control)
-    files = [*args.files, control]
+    given = list(args.files)
+    if args.fresh:
+        for i, f in enumerate(args.files):
+            given[i] = args.work / f"fresh-{i}-{f.name}"
+            shutil.copyfile(f, given[i])
+    control = args.work / f"copy-of-{given[0].name}"
+    shutil.copyfile(given[0], control)
+    files = [*given, control]
     blocks = [int(b) for b in args.blocks.split(",")]
     per_block: dict[int, dict[str, list[float]]] = {b: {str(f): [] for f in files} for b in blocks}
     load_start = load_average()
@@ -55,7 +61,7 @@ def main() -> None:
                 per_block[b][str(f)] += raw[str(f)]["decode_cpu_ms_per_token"]
             print(f"rep {rep} block {b} done", file=sys.stderr)
     result: dict = {"argv": sys.argv[1:], "load_avg_start": load_start, "load_avg_end": os.getloadavg(),
-                    "gen_tokens": args.gen_tokens, "use_mmap": not args.no_mmap,
+                    "gen_tokens": args.gen_tokens, "use_mmap": not args.no_mmap, "fresh_copies": args.fresh,
                     "rounds_per_block": args.reps * args.rounds, "blocks": {}}
     base = str(files[0])
     for b in blocks:
@@ -63,7 +69,8 @@ def main() -> None:
         for f in files:
             ms = per_block[b][str(f)]
             r = ratios(ms, per_block[b][base])
-            rows["control (copy of the first)" if f == control else str(f)] = {
+            label = str(args.files[given.index(f)]) if f in given else "control (copy of the first)"
+            rows[label] = {
                 "decode_ms_median": round(statistics.median(ms), 3),
                 "speed_vs_first": {"median": round(r.median, 3), "low": round(r.low, 3), "high": round(r.high, 3),
                                    "cv": round(r.cv, 4)}}
