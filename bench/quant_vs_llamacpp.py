@@ -2,7 +2,8 @@
 matrix, at equal file size, on two references. Prints JSON.
 
     .venv/bin/python bench/quant_vs_llamacpp.py [--home DIR] [--out DIR] [--sizes Q4_K_M,Q3_K_M,Q2_K]
-        [--refs published,offgrid] [--iq IQ3_S,IQ2_M] [--imatrix-chunks 16] [--speed-rounds 5]
+        [--refs published,offgrid] [--iq IQ3_S,IQ2_M] [--imatrix-chunks 16] [--speed-rounds 25]
+        [--gen-tokens 32] [--speed-only]
 
 References: (1) ``published``: SmolLM2-135M-Instruct dequantized to F16 by ``formats.convert``. Its
 weights sit on its publisher's Q4_1 grid (embedding Q8_0), so a quantizer that rediscovers that grid
@@ -22,11 +23,12 @@ as a subprocess (its wall time and peak RSS are the compression cost), calibrate
 
 Quality: ``evaluate.quality.evaluate_many`` on the *other* plays (``EVALUATION_PLAYS``, 16 chunks of
 512 tokens): mean KL divergence from the reference and top-1 agreement, llama-perplexity's
-definitions. Speed: ``evaluate.bench.compare_speed``, ours and the imatrix file in interleaved rounds
-(decode token by token), one thread, process CPU time per prompt token (511-token prompt) and per
-generated token; the ratio
-theirs/ours is taken round by round and reported as median and range. A ratio is "concluded" only
-when its whole range lies on one side of 0.95.
+definitions. Speed: ``evaluate.bench.compare_speed`` on fresh copies of ours, the imatrix file and a
+control copy of ours, in interleaved rounds (Williams order, decode token by token), one thread,
+process CPU time per prompt token (511-token prompt) and per generated token; the ratio theirs/ours
+is taken round by round and reported as median, range and the median's 95% interval
+(``evaluate.rounds.median_interval``). A ratio is "concluded" >= 0.95x when that interval lies at or
+above 0.95; the control's ratio (identical bytes) shows how far apart equal files land.
 
 Targets (issue 16): at each size, on both references: our KL <= 0.5x llama.cpp+imatrix's, top-1 higher,
 decode and prefill >= 0.95x; on the off-grid reference, ours at Q2_K's size has a mean KL no higher
@@ -146,25 +148,60 @@ def quality(models: list[Path], ref: Path, text: Path, chunks: int, threads: int
     return {str(m): cache[key[str(m)]] for m in models}
 
 
-def speed(mine: Path, theirs: Path, rounds: int, control: Path | None = None) -> dict:
+def speed(mine: Path, theirs: Path, rounds: int, control: Path | None = None, gen_tokens: int = 32) -> dict:
     """Interleaved rounds, one thread, CPU time; per-round ratios theirs/ours (> 1: ours faster).
 
-    With ``control`` (a byte-for-byte copy of ``mine``, timed as a third file), also the control's
-    decode and prefill ratio copy/ours: identical bytes at other memory pages, the floor under any conclusion."""
+    Per figure: both files' spreads, the per-round ratios, their spread (median and whole range) and
+    the median's 95% interval (``evaluate.rounds.median_interval``). "Concluded >= 0.95x": that interval
+    lies at or above 0.95 (the median ratio is at least 0.95 with 95% confidence); the stricter "every
+    round >= 0.95x" is kept beside it. With ``control`` (a byte-for-byte copy of ``mine``, timed as a
+    third file), also the control's ratio copy/ours: identical bytes at other memory pages, the floor
+    under any conclusion."""
     from edgegen.evaluate.bench import compare_speed
+    from edgegen.evaluate.rounds import median_interval
 
     files = [mine, theirs] + ([control] if control is not None else [])
-    raw = compare_speed(files, rounds=rounds, prompt_tokens=511, gen_tokens=32, n_threads=1)
+    raw = compare_speed(files, rounds=rounds, prompt_tokens=511, gen_tokens=gen_tokens, n_threads=1)
     out: dict = {}
     for key, short in (("decode_cpu_ms_per_token", "decode"), ("prefill_cpu_ms_per_token", "prefill")):
         a, b = raw[str(mine)][key], raw[str(theirs)][key]
         ratios = [y / x for x, y in zip(a, b, strict=True)]
-        s = _spread(ratios)
-        out[short] = {"ours_ms": _spread(a), "theirs_ms": _spread(b), "ratio": s,
-                      "concluded_ge_0.95x": s["low"] >= 0.95, "concluded_lt_0.95x": s["high"] < 0.95}
+        s, ci = _spread(ratios), median_interval(ratios)
+        out[short] = {"ours_ms": _spread(a), "theirs_ms": _spread(b), "ratio": s, "ratio_rounds": ratios,
+                      "ratio_median_ci95": ci.to_dict(),
+                      "concluded_ge_0.95x": ci.low >= 0.95, "concluded_lt_0.95x": ci.high < 0.95,
+                      "every_round_ge_0.95x": s["low"] >= 0.95}
         if control is not None:
-            out[short]["control_ratio"] = _spread([c / x for x, c in zip(a, raw[str(control)][key], strict=True)])
+            c = [y / x for x, y in zip(a, raw[str(control)][key], strict=True)]
+            out[short]["control_ratio"] = _spread(c)
+            out[short]["control_ratio_rounds"] = c
+            out[short]["control_median_ci95"] = median_interval(c).to_dict()
     return out
+
+
+def fresh_speed(mine: Path, theirs: Path, rounds: int, gen_tokens: int = 32) -> dict:
+    """``speed`` of fresh copies of both files plus a control copy of ours, removed afterwards.
+
+    Every file is timed from a fresh copy: a byte-identical copy of a file written long before has
+    decoded 4-8% faster than the old file here (README, "How speed is measured"), so files made at
+    different times in the run are not compared from their own pages."""
+    fresh = mine.parent / "fresh"
+    fresh.mkdir(exist_ok=True)
+    copies = [fresh / mine.name, fresh / theirs.name, fresh / f"control-copy-of-{mine.name}"]
+    try:
+        for src, dst in zip((mine, theirs, mine), copies, strict=True):
+            shutil.copyfile(src, dst)
+        load0 = os.getloadavg()
+        s = speed(copies[0], copies[1], rounds, copies[2], gen_tokens)
+        s["load_avg_during_speed"] = [load0, os.getloadavg()]
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return s
+
+
+def _ci_text(s: dict) -> str:
+    ci = s["ratio_median_ci95"]
+    return f"{ci['median']:.3f} [{ci['low']:.3f}-{ci['high']:.3f}]"
 
 
 def speed_only(args: argparse.Namespace) -> None:
@@ -174,28 +211,23 @@ def speed_only(args: argparse.Namespace) -> None:
         for ftype in args.sizes.split(","):
             mine = args.out / name / f"edgegen-at-{ftype}-size.gguf"
             theirs = args.out / name / f"llama-imatrix-{ftype}.gguf"
-            # every file timed from a fresh copy (a byte-identical copy of an old file has decoded up to 7%
-            # faster than the old file: README, "How speed is measured"), and a second copy of ours as control
-            fresh = args.out / name / "fresh"
-            fresh.mkdir(exist_ok=True)
-            copies = [fresh / mine.name, fresh / theirs.name, fresh / f"control-copy-of-{mine.name}"]
-            for src, dst in zip((mine, theirs, mine), copies, strict=True):
-                shutil.copyfile(src, dst)
-            load0 = os.getloadavg()
-            s = speed(copies[0], copies[1], args.speed_rounds, copies[2])
-            shutil.rmtree(fresh)
+            s = fresh_speed(mine, theirs, args.speed_rounds, args.gen_tokens)
             rows.append({"reference": name, "size_of": ftype, "ours": str(mine), "theirs": str(theirs),
                          "ours_bytes": mine.stat().st_size, "theirs_bytes": theirs.stat().st_size,
-                         "speed_vs_imatrix_file": s, "load_avg_during_speed": [load0, os.getloadavg()]})
-            print(f"[{name} {ftype}] decode {s['decode']['ratio']} prefill {s['prefill']['ratio']} "
-                  f"control {s['decode']['control_ratio']}",
-                  file=sys.stderr, flush=True)
-    text = json.dumps({"speed": {"rounds": args.speed_rounds, "threads": 1, "clock": "process CPU time",
-                                 "prompt_tokens": 511, "gen_tokens": 32, "decode_interleave": "token by token"},
-                       "rows": rows}, indent=1)
+                         "speed_vs_imatrix_file": s})
+            print(f"[{name} {ftype}] decode {_ci_text(s['decode'])} prefill {_ci_text(s['prefill'])} "
+                  f"control decode {s['decode']['control_median_ci95']['median']:.3f} "
+                  f"prefill {s['prefill']['control_median_ci95']['median']:.3f}", file=sys.stderr, flush=True)
+    text = json.dumps({"speed": _speed_settings(args), "rows": rows}, indent=1)
     if args.json_out is not None:
         args.json_out.write_text(text + "\n")
     print(text)
+
+
+def _speed_settings(args: argparse.Namespace) -> dict:
+    return {"rounds": args.speed_rounds, "threads": 1, "clock": "process CPU time", "prompt_tokens": 511,
+            "gen_tokens": args.gen_tokens, "decode_interleave": "token by token", "files": "fresh copies + control",
+            "conclusion": "median ratio's 95% interval (sign-test order statistics) on one side of 0.95"}
 
 
 def reference(name: str, home: Path) -> tuple[Path, dict | None]:
@@ -241,20 +273,19 @@ def bench_reference(name: str, args: argparse.Namespace, tools: dict[str, Path],
         cost = ours(ref, mine, size, withim, calib)
         print(f"[{name} {ftype}] evaluating ...", file=sys.stderr, flush=True)
         q_ours = quality([mine], ref, evalt, args.chunks, args.threads)[str(mine)]
-        load0 = os.getloadavg()
-        s = speed(mine, withim, args.speed_rounds)
+        s = fresh_speed(mine, withim, args.speed_rounds, args.gen_tokens)
         kl_ratio = q_ours["kl_mean"] / q_im["kl_mean"]
         rows.append({
             "size_of": ftype, "ours": {**q_ours, "compress": cost}, "llama_cpp_imatrix": q_im,
-            "llama_cpp_plain": q_plain, "speed_vs_imatrix_file": s, "load_avg_during_speed": [load0, os.getloadavg()],
+            "llama_cpp_plain": q_plain, "speed_vs_imatrix_file": s,
             "kl_ratio_vs_imatrix": round(kl_ratio, 4),
             "kl_ratio_vs_plain": round(q_ours["kl_mean"] / q_plain["kl_mean"], 4),
             "pass": {
                 "size": q_ours["file_bytes"] <= q_im["file_bytes"],
                 "kl_le_0.5x_imatrix": kl_ratio <= 0.5,
                 "top1_higher": q_ours["top1_agreement"] > q_im["top1_agreement"],
-                "decode_ge_0.95x_median": s["decode"]["ratio"]["median"] >= 0.95,
-                "prefill_ge_0.95x_median": s["prefill"]["ratio"]["median"] >= 0.95,
+                "decode_ge_0.95x": s["decode"]["concluded_ge_0.95x"],
+                "prefill_ge_0.95x": s["prefill"]["concluded_ge_0.95x"],
                 "compress_le_10min": cost["wall_s"] <= 600,
                 "rss_le_6GiB": cost["peak_rss_bytes"] <= 6 * 2**30,
             },
@@ -277,7 +308,9 @@ def main() -> None:
     ap.add_argument("--imatrix-chunks", type=int, default=16)
     ap.add_argument("--chunks", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--speed-rounds", type=int, default=5)
+    ap.add_argument("--speed-rounds", type=int, default=25, help="interleaved speed rounds per pair (25: the "
+                    "median's 95%% interval is the 8th to 18th smallest ratio)")
+    ap.add_argument("--gen-tokens", type=int, default=32, help="decoded tokens per file per speed round")
     ap.add_argument("--json-out", type=Path, default=None, help="also rewrite the JSON here after every row")
     ap.add_argument("--speed-only", action="store_true", help="only re-measure the speed of the file pairs an "
                     "earlier run left in --out (ours and llama.cpp+imatrix's, per reference and size)")
@@ -305,8 +338,7 @@ def main() -> None:
             "complete": done, "calibration_plays": CALIBRATION_PLAYS, "evaluation_plays": EVALUATION_PLAYS,
             "chunks": args.chunks, "chunk_tokens": 512, "imatrix_chunks": args.imatrix_chunks,
             "threads_quality": args.threads,
-            "speed": {"rounds": args.speed_rounds, "threads": 1, "clock": "process CPU time", "prompt_tokens": 511,
-                      "gen_tokens": 32},
+            "speed": _speed_settings(args),
             "cpus": os.cpu_count(), "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(),
             "bench_wall_s": round(time.perf_counter() - t0, 1), "references": refs,
             "all_rows_pass": all(passes), "two_tiers_pass": None if two is None else two["pass"],

@@ -91,3 +91,34 @@ def test_williams_orders_balance_positions_and_predecessors(n):
     assert len(set(positions.values())) == 1 and len(positions) == n * n
     pairs = Counter((a, b) for o in orders for a, b in zip(o, o[1:]))
     assert len(pairs) == n * (n - 1) and len(set(pairs.values())) <= 1
+
+
+def test_median_interval_ranks_and_coverage() -> None:
+    from edgegen.evaluate.rounds import median_interval
+
+    # n = 5: no pair of order statistics reaches 95%, so the whole range, with its coverage 1 - 2/32
+    small = median_interval([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (small.low, small.high, small.ranks) == (1.0, 5.0, (1, 5)) and small.coverage == pytest.approx(0.9375)
+    # n = 20: the sign-test table gives ranks 6 and 15 (coverage 0.9586); rank 7 would give 0.8847
+    mi = median_interval([float(x) for x in range(20, 0, -1)])
+    assert mi.ranks == (6, 15) and (mi.low, mi.high) == (6.0, 15.0) and mi.coverage == pytest.approx(0.95861, abs=1e-4)
+    assert mi.median == 10.5
+    with pytest.raises(ValueError):
+        median_interval([])
+    with pytest.raises(ValueError):
+        median_interval([1.0], level=1.0)
+
+
+def test_median_interval_covers_the_true_median_about_as_often_as_it_says() -> None:
+    import random
+
+    from edgegen.evaluate.rounds import median_interval
+
+    rng = random.Random(7)
+    hits = 0
+    trials = 2000
+    for _ in range(trials):  # a skewed distribution (exponential, true median ln 2), 25 rounds each
+        mi = median_interval([rng.expovariate(1.0) for _ in range(25)])
+        hits += mi.low <= 0.6931 <= mi.high
+    assert mi.coverage >= 0.95
+    assert 0.94 <= hits / trials <= 0.995  # coverage 0.957 for n = 25; a wrong rank would miss this band

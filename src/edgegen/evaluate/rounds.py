@@ -8,6 +8,8 @@ idle cores only, and a plain "noisy" verdict.
                                        average before the run exceeded the cores the run left free
     supported(ratio, noise)            True when a difference is real: not noisy and the ratio's whole
                                        range lies on one side of 1
+    median_interval(samples, level)    a distribution-free confidence interval for the median (order
+                                       statistics): what many rounds of a noisy figure can still conclude
     interleave(labels, measure, rounds) runs measure(label) as A B C A B C ...: a slow spell of the
                                        machine hits every variant alike
 
@@ -20,6 +22,7 @@ and standard deviation over repetitions for the same reason). Pure apart from ``
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Callable, Sequence
@@ -105,6 +108,53 @@ class Noise:
 def supported(ratio: Spread, noise: Noise) -> bool:
     """Whether "faster" or "slower" may be said: a quiet machine and every round agreeing on the side."""
     return not noise.noisy and ratio.n >= 2 and (ratio.low > 1.0 or ratio.high < 1.0)
+
+
+@dataclass(frozen=True)
+class MedianInterval:
+    """``low`` and ``high`` bound the median of the distribution the rounds came from with probability
+    ``coverage`` (>= the level asked for, or the whole range's own coverage when ``n`` is too small)."""
+
+    median: float
+    low: float
+    high: float
+    coverage: float
+    ranks: tuple[int, int]  # 1-based order statistics used as bounds
+    n: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    def text(self, fmt: str = ".3f") -> str:
+        return f"{self.median:{fmt}} [{self.low:{fmt}}-{self.high:{fmt}}, {self.coverage:.0%}]"
+
+
+def median_interval(samples: Sequence[float], level: float = 0.95) -> MedianInterval:
+    """Distribution-free confidence interval for the median of ``samples`` (independent rounds).
+
+    The k-th smallest and k-th largest of n values bracket the true median with probability
+    1 - 2 P(B <= k - 1), B ~ Binomial(n, 1/2), whatever the distribution (the sign-test interval:
+    Conover, "Practical Nonparametric Statistics", 3rd ed., 1999, section 3.2). The largest k whose
+    coverage reaches ``level`` is used; below n = 6 no k reaches 95% and the interval is the whole
+    range with its own (lower) coverage, which ``coverage`` reports. Where the whole range of rounds
+    is too wide to say a ratio is above a threshold, this can still say the median is, once there are
+    enough rounds. Raises ValueError for no samples or a level outside (0, 1).
+    """
+    if not samples:
+        raise ValueError("no samples")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), not {level}")
+    xs = sorted(float(x) for x in samples)
+    n = len(xs)
+
+    def coverage(k: int) -> float:
+        tail = sum(math.comb(n, i) for i in range(k)) / 2**n  # P(B <= k - 1)
+        return 1.0 - 2.0 * tail
+
+    k = 1
+    while k + 1 <= (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return MedianInterval(statistics.median(xs), xs[k - 1], xs[n - k], coverage(k), (k, n + 1 - k), n)
 
 
 def williams_orders(n: int) -> list[list[int]]:
