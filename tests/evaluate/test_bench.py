@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from edgegen.evaluate.bench import bytes_read_per_token, compare_decode, compare_speed
 from edgegen.formats.gguf_file import open_reader
 
@@ -41,3 +43,15 @@ def test_compare_speed_keeps_one_value_per_round_at_every_block_size(stories_ggu
         for row in out.values():
             assert len(row["prefill_cpu_ms_per_token"]) == len(row["decode_cpu_ms_per_token"]) == 3
             assert all(0 < v < math.inf for v in row["prefill_cpu_ms_per_token"] + row["decode_cpu_ms_per_token"])
+
+
+def test_lockstep_prefill_is_timed_per_round_beside_the_one_batch_prefill(stories_gguf, stories_dir, tmp_path):
+    from edgegen.formats.convert import convert_model
+
+    f16 = convert_model(stories_dir, tmp_path / "f16.gguf", dtype="f16")
+    out = compare_speed([stories_gguf, f16], rounds=2, prompt_tokens=40, gen_tokens=4, prefill_chunk=16)
+    for row in out.values():
+        assert len(row["prefill_lockstep_cpu_ms_per_token"]) == len(row["prefill_cpu_ms_per_token"]) == 2
+        assert all(0 < v < math.inf for v in row["prefill_lockstep_cpu_ms_per_token"])
+    with pytest.raises(ValueError):
+        compare_speed([stories_gguf], rounds=1, prompt_tokens=8, gen_tokens=2, prefill_chunk=0)

@@ -113,6 +113,26 @@ def test_prompt_beyond_context_is_refused(engine: Engine) -> None:
         engine.complete([1] + [300] * 600, SamplingParams.greedy(1))
 
 
+def test_prompt_prefilled_in_pieces_is_reused_not_evaluated_again(engine: Engine) -> None:
+    import llama_cpp
+
+    ids = engine.tokenize("Once upon a time, there was a little girl named Lily. She loved to play")
+    engine.reset()
+    want = [t.id for t in engine.stream(ids, SamplingParams.greedy(12))]
+    engine.reset()
+    for start in range(0, len(ids), 5):
+        engine.eval_prompt(ids[start:start + 5])
+    llama_cpp.llama_perf_context_reset(engine._llm.ctx)
+    got = [t.id for t in engine.stream(ids, SamplingParams.greedy(12))]
+    assert got == want
+    # the stream sampled from the pieces' context: nothing of the prompt was evaluated again, only the
+    # 11 generated tokens after the first (llama.cpp reports n_p_eval as at least 1)
+    perf = llama_cpp.llama_perf_context(engine._llm.ctx)
+    assert (perf.n_p_eval, perf.n_eval) == (1, 11)
+    with pytest.raises(ContextOverflowError):
+        engine.eval_prompt([300] * engine.n_ctx)
+
+
 def test_chat_without_template_still_answers(engine: Engine) -> None:
     out = engine.chat([{"role": "user", "content": "Tell me a story."}], SamplingParams.greedy(10))
     assert out.completion_tokens > 0

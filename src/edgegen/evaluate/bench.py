@@ -264,7 +264,7 @@ def run_bench(
 
 def compare_speed(
     models: Sequence[Path], *, rounds: int = 5, prompt_tokens: int = 511, gen_tokens: int = 32,
-    n_threads: int = 1, block: int = 1, use_mmap: bool = True,
+    n_threads: int = 1, block: int = 1, use_mmap: bool = True, prefill_chunk: int | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Prefill and decode cost of several files in interleaved rounds, every round kept.
 
@@ -283,15 +283,28 @@ def compare_speed(
     file's weights in cache than a device running one model would have; ``bench/speed_interleave.py``
     measures how much that moves the ratios.
 
-    Per file: ``prefill_cpu_ms_per_token`` and ``decode_cpu_ms_per_token``, one value per round (in
-    round order, so ratios between files can be taken round by round). A first, unrecorded pass warms
-    every file.
+    Prefill as one batch is one 2-3 s stretch per file, so it keeps the slow swings of a shared
+    machine: a byte-identical copy of one file has measured anywhere from 0.70x to 1.25x of it in the
+    same round (``bench/results/quant_vs_llamacpp.json``, control rounds). With ``prefill_chunk`` every
+    round also prefills the same prompt in pieces of that many tokens, the files taking turns piece
+    by piece (``Engine.eval_prompt``; each piece is one llama.cpp batch, so the kernels are those of
+    a ``n_ubatch = prefill_chunk`` run), reported as ``prefill_lockstep_cpu_ms_per_token``; the one-batch
+    figure is still measured in the same round, so the two can be compared.
+
+    Per file: ``prefill_cpu_ms_per_token`` and ``decode_cpu_ms_per_token`` (and the lockstep prefill),
+    one value per round (in round order, so ratios between files can be taken round by round). A
+    first, unrecorded pass warms every file.
     """
     from edgegen.runtime.engine import Engine, SamplingParams
 
     params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
     seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
-    out = {str(m): {"prefill_cpu_ms_per_token": [], "decode_cpu_ms_per_token": []} for m in models}
+    keys = ["prefill_cpu_ms_per_token", "decode_cpu_ms_per_token"]
+    if prefill_chunk is not None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
+        keys.append("prefill_lockstep_cpu_ms_per_token")
+    out = {str(m): {key: [] for key in keys} for m in models}
     engines = [Engine(m, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads, use_mmap=use_mmap)
                for m in models]
     try:
@@ -317,13 +330,42 @@ def compare_speed(
                     steps[k] += got
             for stream in streams.values():
                 stream.close()
+            lockstep = _lockstep_prefill(engines, ids, order, prefill_chunk) if prefill_chunk else {}
             if r < 0:
                 continue
             for k in order:
                 row = out[str(models[k])]
                 row["prefill_cpu_ms_per_token"].append(1e3 * prefill[k] / len(ids[k]))
                 row["decode_cpu_ms_per_token"].append(1e3 * decode[k] / max(1, steps[k]))
+                if prefill_chunk:
+                    row["prefill_lockstep_cpu_ms_per_token"].append(1e3 * lockstep[k] / len(ids[k]))
     finally:
         for engine in engines:
             engine.close()
     return out
+
+
+def _lockstep_prefill(engines: Sequence, ids: Sequence[list[int]], order: Sequence[int],
+                      chunk: int) -> dict[int, float]:
+    """CPU seconds each engine spends prefilling its prompt in pieces of ``chunk`` tokens, the engines
+    taking turns piece by piece in ``order``; the first token is then sampled from the last piece's
+    logits and counted too (as the one-batch prefill counts it)."""
+    spent = dict.fromkeys(order, 0.0)
+    for k in order:
+        engines[k].reset()
+    for start in range(0, max(len(t) for t in ids), chunk):
+        for k in order:
+            piece = ids[k][start:start + chunk]
+            if piece:
+                c0 = time.process_time()
+                engines[k].eval_prompt(piece)
+                spent[k] += time.process_time() - c0
+    from edgegen.runtime.engine import SamplingParams
+
+    for k in order:
+        stream = engines[k].stream(ids[k], SamplingParams.greedy(1, ignore_eos=True))
+        c0 = time.process_time()
+        next(stream, None)
+        spent[k] += time.process_time() - c0
+        stream.close()
+    return spent

@@ -258,6 +258,22 @@ class Engine(TokenLoop):
         """Forget the cached prompt prefix so the next call evaluates its prompt from scratch."""
         self._llm.reset()
 
+    def eval_prompt(self, tokens: Sequence[int]) -> None:
+        """Evaluate ``tokens`` after those already in the context, without sampling (``reset()`` first
+        to start from an empty one). A following ``stream`` whose prompt is exactly the tokens
+        evaluated so far samples at once (llama-cpp-python's prefix match), so a prompt can be
+        prefilled in pieces, e.g. several files taking turns in ``evaluate.bench.compare_speed``.
+
+        Raises ``ContextOverflowError`` if the context cannot take them, ``EngineError`` if llama.cpp
+        fails."""
+        if self._llm.n_tokens + len(tokens) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{len(tokens)} more tokens after {self._llm.n_tokens} exceed the context window of {self.n_ctx}")
+        try:
+            self._llm.eval(list(tokens))
+        except Exception as exc:
+            raise EngineError(f"llama.cpp failed to evaluate {len(tokens)} tokens: {exc}") from exc
+
     # ---- evaluation ---------------------------------------------------------------------------
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
