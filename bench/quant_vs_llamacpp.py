@@ -23,12 +23,14 @@ as a subprocess (its wall time and peak RSS are the compression cost), calibrate
 
 Quality: ``evaluate.quality.evaluate_many`` on the *other* plays (``EVALUATION_PLAYS``, 16 chunks of
 512 tokens): mean KL divergence from the reference and top-1 agreement, llama-perplexity's
-definitions. Speed: ``evaluate.bench.compare_speed`` on fresh copies of ours, the imatrix file and a
-control copy of ours, in interleaved rounds (Williams order, decode token by token), one thread,
-process CPU time per prompt token (511-token prompt) and per generated token; the ratio theirs/ours
-is taken round by round and reported as median, range and the median's 95% interval
-(``evaluate.rounds.median_interval``). A ratio is "concluded" >= 0.95x when that interval lies at or
-above 0.95; the control's ratio (identical bytes) shows how far apart equal files land.
+definitions. Speed: ``evaluate.bench.compare_speed`` on ours, the imatrix file and a control copy of
+ours, all three copied and loaded afresh every round (so where the weights land in memory is drawn
+anew each round and its effect sits inside the rounds' spread), in interleaved rounds (Williams
+order, decode token by token), one thread, process CPU time per prompt token (511-token prompt) and
+per generated token; the ratio theirs/ours is taken round by round and reported as median, range
+and the median's 95% interval (``evaluate.rounds.median_interval``). A ratio is "concluded" >= 0.95x
+when that interval lies at or above 0.95; the control's ratio (identical bytes) shows how far apart
+equal files land.
 
 Prefill is timed twice in every round: as one 511-token batch per file (what a server with llama.cpp's
 default ``n_ubatch`` = 512 runs; one 2-3 s stretch per file, so it keeps the machine's slow swings)
@@ -154,7 +156,8 @@ def quality(models: list[Path], ref: Path, text: Path, chunks: int, threads: int
     return {str(m): cache[key[str(m)]] for m in models}
 
 
-def speed(mine: Path, theirs: Path, rounds: int, control: Path | None = None, gen_tokens: int = 32) -> dict:
+def speed(mine: Path, theirs: Path, rounds: int, control: Path | None = None, gen_tokens: int = 32,
+          fresh_dir: Path | None = None) -> dict:
     """Interleaved rounds, one thread, CPU time; per-round ratios theirs/ours (> 1: ours faster).
 
     Per figure: both files' spreads, the per-round ratios, their spread (median and whole range) and
@@ -168,7 +171,7 @@ def speed(mine: Path, theirs: Path, rounds: int, control: Path | None = None, ge
 
     files = [mine, theirs] + ([control] if control is not None else [])
     raw = compare_speed(files, rounds=rounds, prompt_tokens=511, gen_tokens=gen_tokens, n_threads=1,
-                        prefill_chunk=PREFILL_CHUNK)
+                        prefill_chunk=PREFILL_CHUNK, fresh_dir=fresh_dir)
     out: dict = {}
     for key, short in (("decode_cpu_ms_per_token", "decode"), ("prefill_cpu_ms_per_token", "prefill"),
                        ("prefill_lockstep_cpu_ms_per_token", "prefill_lockstep")):
@@ -196,19 +199,21 @@ def prefill_pass(s: dict) -> bool:
 
 
 def fresh_speed(mine: Path, theirs: Path, rounds: int, gen_tokens: int = 32) -> dict:
-    """``speed`` of fresh copies of both files plus a control copy of ours, removed afterwards.
+    """``speed`` of ours, theirs and a control copy of ours, each round on fresh copies of all three
+    (``compare_speed(fresh_dir=...)``: new page-cache pages and buffers every round, loaded in the
+    round's order), removed afterwards.
 
-    Every file is timed from a fresh copy: a byte-identical copy of a file written long before has
-    decoded 4-8% faster than the old file here (README, "How speed is measured"), so files made at
-    different times in the run are not compared from their own pages."""
+    Loaded once per run, byte-identical files decoded at a steady 0.95x-1.02x of each other, a
+    different figure in each run (``bench/results/quant_vs_llamacpp.placement-once.json``, control
+    rows); drawing the placement anew every round puts that spread inside the rounds, where the
+    median's interval sees it."""
     fresh = mine.parent / "fresh"
     fresh.mkdir(exist_ok=True)
-    copies = [fresh / mine.name, fresh / theirs.name, fresh / f"control-copy-of-{mine.name}"]
+    control = fresh / f"control-copy-of-{mine.name}"
     try:
-        for src, dst in zip((mine, theirs, mine), copies, strict=True):
-            shutil.copyfile(src, dst)
+        shutil.copyfile(mine, control)
         load0 = os.getloadavg()
-        s = speed(copies[0], copies[1], rounds, copies[2], gen_tokens)
+        s = speed(mine, theirs, rounds, control, gen_tokens, fresh_dir=fresh / "rounds")
         s["load_avg_during_speed"] = [load0, os.getloadavg()]
     finally:
         shutil.rmtree(fresh, ignore_errors=True)
@@ -245,7 +250,7 @@ def _speed_settings(args: argparse.Namespace) -> dict:
     return {"rounds": args.speed_rounds, "threads": 1, "clock": "process CPU time", "prompt_tokens": 511,
             "gen_tokens": args.gen_tokens, "decode_interleave": "token by token",
             "prefill": f"one 511-token batch, and lockstep in {PREFILL_CHUNK}-token pieces",
-            "files": "fresh copies + control",
+            "files": "ours, theirs and a control copy of ours, copied and loaded afresh every round",
             "conclusion": "median ratio's 95% interval (sign-test order statistics) on one side of 0.95"}
 
 

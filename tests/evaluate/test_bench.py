@@ -55,3 +55,38 @@ def test_lockstep_prefill_is_timed_per_round_beside_the_one_batch_prefill(storie
         assert all(0 < v < math.inf for v in row["prefill_lockstep_cpu_ms_per_token"])
     with pytest.raises(ValueError):
         compare_speed([stories_gguf], rounds=1, prompt_tokens=8, gen_tokens=2, prefill_chunk=0)
+
+
+def test_fresh_placement_copies_and_loads_every_round_and_leaves_nothing_behind(stories_gguf, stories_dir, tmp_path):
+    """With ``fresh_dir`` every round times its own copies (the originals are only read), keyed by the
+    original paths, and the copies are gone afterwards."""
+    from edgegen.formats.convert import convert_model
+
+    f16 = convert_model(stories_dir, tmp_path / "f16.gguf", dtype="f16")
+    fresh = tmp_path / "fresh"
+    before = {p: p.stat().st_mtime_ns for p in (stories_gguf, f16)}
+    out = compare_speed([stories_gguf, f16], rounds=3, prompt_tokens=40, gen_tokens=4, prefill_chunk=16,
+                        fresh_dir=fresh)
+    assert set(out) == {str(stories_gguf), str(f16)}
+    for row in out.values():
+        for values in row.values():
+            assert len(values) == 3 and all(0 < v < math.inf for v in values)
+    assert list(fresh.iterdir()) == []
+    assert {p: p.stat().st_mtime_ns for p in (stories_gguf, f16)} == before
+
+
+def test_peak_rss_of_a_child_is_its_own_not_its_big_parents():
+    """A process started by a big one (a bench holding 400 MB spawning ``edgegen compress``) reports
+    its own peak: ``ru_maxrss`` survives exec on Linux and would report the parent's."""
+    import subprocess
+    import sys
+
+    from edgegen.evaluate.bench import peak_rss_bytes
+
+    big = bytearray(400 * 2**20)
+    big[:: 4096] = b"x" * len(big[:: 4096])  # touch every page
+    assert peak_rss_bytes() > 400 * 2**20
+    child = subprocess.run([sys.executable, "-c", "from edgegen.evaluate.bench import peak_rss_bytes; "
+                            "print(peak_rss_bytes())"], capture_output=True, text=True, check=True)
+    assert int(child.stdout) < 300 * 2**20, child.stdout
+    del big

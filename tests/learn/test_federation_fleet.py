@@ -4,7 +4,7 @@ play) and a SuperLink train a LoRA adapter for stories260K under SecAgg+ and DP;
 GGUF file, is signed, published and rolled out in stages to three real agents, which score it on their
 own held-out text at install and then serve base + adapter. Deliberately bad adapters afterwards halt
 at the canary and are rolled back: one llama.cpp refuses (health gate), and one that loads and serves
-but is worse (the trained adapter scaled 20x: the held-out perplexity gate).
+but is worse (the trained adapter's B matrices scaled up: the held-out perplexity gate).
 
 Slow for a unit test (about two minutes): Flower's Deployment Engine polls every 3 s at the
 SuperLink and the SuperNodes, and SecAgg+ takes four message round trips per round."""
@@ -36,6 +36,7 @@ from edgegen.telemetry.uploader import HttpTransport
 
 DEVICES = ("hamlet", "macbeth", "othello")
 DRIFTED = ("hamlet", "othello")
+NOISE_MULTIPLIER = 0.02
 
 
 def make_device(url: str, data_dir: Path, text_dir: Path) -> Agent:
@@ -70,8 +71,13 @@ def loop(stories_gguf, model_versions, device_texts, tmp_path_factory):  # type:
             f.admin.set_device(a.device_id_, model="stories-tales")
             agents[name] = a
         devices = [Device(n, device_texts[n], {"audit-dir": str(root / "client-audit")}) for n in DEVICES]
+        # DP on, with noise small against the signal: the server's Gaussian noise is unseeded, and at
+        # noise_multiplier 0.5 its norm over stories260K's 3840 trained coordinates (~0.5 * 0.1 / 3 *
+        # sqrt(3840) = 1.0) was ten times the clipped mean update's (<= 0.1): whether that adapter helped
+        # every device was a draw, and one CI run drew "no". Here the noise norm is ~0.04. What DP
+        # noise costs in quality is measured in bench/federated.py, not asserted here.
         cfg = LearnConfig(model=str(base), rounds=1, min_clients=3, local_steps=20, eval_chunks=4, audit=True,
-                          round_timeout=120, noise_multiplier=0.5)
+                          round_timeout=120, noise_multiplier=NOISE_MULTIPLIER)
         target = FleetTarget(url=f.url, admin_token="test-admin-token", keys_dir=root / "fleet" / "keys",
                              group="lab", adapter="stories-tales", rollout_timeout_s=120)
         lock = threading.Lock()
@@ -194,9 +200,11 @@ def test_a_bad_adapter_halts_at_the_canary_and_is_rolled_back(loop, tmp_path) ->
 
 
 def test_a_worse_adapter_that_serves_halts_at_the_canary_on_held_out_perplexity(loop, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The trained adapter with B scaled 20x: a valid file for this base that loads and generates (the
-    install health check passes), but far worse on every device's held-out text. The canary scores it,
-    reports the figures, the ``heldout_ppl_ratio`` gate halts the rollout at its first stage, the canary
+    """The trained adapter with every B scaled to a Frobenius norm of 5 (one round from B = 0 leaves
+    them together near the clipping norm, 0.1; a fixed norm, not a factor, so the DP noise the run drew
+    does not decide how bad it is): a valid file for this base that loads and generates (the install
+    health check passes), but far worse on every device's held-out text. The canary scores it, reports
+    the figures, the ``heldout_ppl_ratio`` gate halts the rollout at its first stage, the canary
     goes back to the good adapter's bytes and no other device ever installs it."""
     from edgegen.formats.lora_gguf import write_lora_gguf
     from edgegen.learn.lora import LoraModel, load_base
@@ -206,7 +214,8 @@ def test_a_worse_adapter_that_serves_halts_at_the_canary_on_held_out_perplexity(
         arrays = [z[f"arr_{i}"] for i in range(len(z.files))]
     model = LoraModel(load_base(Path(cfg.model)), cfg.lora)
     model.set_arrays(arrays)
-    bad = write_lora_gguf(tmp_path / "worse.gguf", "llama", {n: (a, 20 * b) for n, (a, b) in model.pairs().items()},
+    worse = {n: (a, b * (5.0 / np.linalg.norm(b))) for n, (a, b) in model.pairs().items()}
+    bad = write_lora_gguf(tmp_path / "worse.gguf", "llama", worse,
                           alpha=cfg.alpha, name="stories-tales")
     good_sha = {n: a.slots.active().sha256 for n, a in loop["agents"].items()}
     roll = publish_and_roll(bad, loop["target"], loop["base"], tmp_path, tick=loop["tick"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +31,7 @@ from edgegen.compress import plan as planning
 from edgegen.compress.gguf_out import file_bytes, header_bytes, write_quantized
 from edgegen.compress.report import CompressReport, TensorReport
 from edgegen.errors import BudgetError, InvalidModelError, ModelNotFoundError, OutputError, UserInputError
+from edgegen.evaluate.bench import peak_rss_bytes
 from edgegen.formats.gguf_file import field_value, validate_gguf
 from edgegen.formats.gguf_write import prepare_output
 
@@ -215,7 +215,7 @@ def _compress(
         budget_bytes=budget.max_bytes, n_params=model.n_params, calibrated=cal is not None,
         calib_tokens=cal.n_tokens if cal else 0, fisher_tokens=cal.n_fisher_tokens if cal else 0,
         calibration=cal.sources if cal else {},
-        seconds=timer.laps, peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        seconds=timer.laps, peak_rss_bytes=peak_rss_bytes(),
         tensors=tensors, speed_costs=budget.speed_costs, prefill_costs=budget.prefill_costs,
     )
 

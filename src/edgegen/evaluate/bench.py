@@ -16,6 +16,7 @@ a ``Noise`` verdict (noisy: do not conclude). ``run_bench`` is the one-file case
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,9 +97,11 @@ def measure_bandwidth(n_threads: int, size_bytes: int = 512 * 1024**2, repeats: 
     return a.nbytes / best
 
 
-def _peak_rss_bytes() -> int:
-    """This process's peak resident set since exec (VmHWM). ``ru_maxrss`` would not do: Linux carries
-    it across exec, so a child forked from a big parent would report the parent's peak."""
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since exec, in bytes (``VmHWM`` of ``/proc/self/status``;
+    ``ru_maxrss`` where there is no procfs). ``ru_maxrss`` alone would not do: Linux carries it across
+    exec, so a child forked from a big parent reports the parent's peak (a bench holding 1 GiB saw
+    its ``edgegen compress`` child report 1 GiB, whose own VmHWM was 13 MB)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -137,7 +140,7 @@ def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_thre
     runs = runs[1:]
     load_s = engine.load_s
     engine.close()
-    peak = _peak_rss_bytes()
+    peak = peak_rss_bytes()
     return {
         "load_s": load_s,
         "ttft_s": statistics.median(r["ttft"] for r in runs),
@@ -265,12 +268,13 @@ def run_bench(
 def compare_speed(
     models: Sequence[Path], *, rounds: int = 5, prompt_tokens: int = 511, gen_tokens: int = 32,
     n_threads: int = 1, block: int = 1, use_mmap: bool = True, prefill_chunk: int | None = None,
+    fresh_dir: Path | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """Prefill and decode cost of several files in interleaved rounds, every round kept.
 
-    Each file is loaded once (``n_ctx`` = prompt + generated + 8, one batch of 512); every round runs
-    each file in turn, in the round's order of a Williams design (``evaluate.rounds.williams_orders``:
-    each file in each position, and after each other file, equally often), on an emptied context:
+    Every round runs each file in turn, in the round's order of a Williams design
+    (``evaluate.rounds.williams_orders``: each file in each position, and after each other file,
+    equally often), on an emptied context (``n_ctx`` = prompt + generated + 8, one batch of 512):
     prefill of ``prompt_tokens`` tokens of fixed English text, then ``gen_tokens`` greedy tokens. Time is
     process CPU time (robust to other load at one thread), split at the first sampled token.
 
@@ -285,63 +289,132 @@ def compare_speed(
 
     Prefill as one batch is one 2-3 s stretch per file, so it keeps the slow swings of a shared
     machine: a byte-identical copy of one file has measured anywhere from 0.70x to 1.25x of it in the
-    same round (``bench/results/quant_vs_llamacpp.json``, control rounds). With ``prefill_chunk`` every
-    round also prefills the same prompt in pieces of that many tokens, the files taking turns piece
-    by piece (``Engine.eval_prompt``; each piece is one llama.cpp batch, so the kernels are those of
-    a ``n_ubatch = prefill_chunk`` run), reported as ``prefill_lockstep_cpu_ms_per_token``; the one-batch
-    figure is still measured in the same round, so the two can be compared.
+    same round (``bench/results/quant_vs_llamacpp.onebatch-prefill.json``, control rounds). With
+    ``prefill_chunk`` every round also prefills the same prompt in pieces of that many tokens, the
+    files taking turns piece by piece (``Engine.eval_prompt``; each piece is one llama.cpp batch, so
+    the kernels are those of a ``n_ubatch = prefill_chunk`` run), reported as
+    ``prefill_lockstep_cpu_ms_per_token``; the one-batch figure is still measured in the same round.
+
+    Where the weights land in memory moves speed too, and stays put while a file is loaded: loaded
+    once for a whole run, a byte-identical copy decoded at a steady 0.95x-1.02x of its original, a
+    different figure in every run, with a median interval of +-1% around it
+    (``bench/results/quant_vs_llamacpp.json``, control rows), so one run's rounds could not see it.
+    Without ``fresh_dir`` every file is loaded once (the rounds share one placement); with it, every
+    round copies each file afresh into ``fresh_dir`` (new page-cache pages), loads the copies in the
+    round's order (new buffers for repacked weights, KV cache and compute), touches every weight
+    once with an unrecorded ``warm_tokens`` prefill, times the round, then closes and deletes the
+    copies: placement is drawn anew each round, so the rounds' spread and any interval over them
+    include it.
 
     Per file: ``prefill_cpu_ms_per_token`` and ``decode_cpu_ms_per_token`` (and the lockstep prefill),
     one value per round (in round order, so ratios between files can be taken round by round). A
-    first, unrecorded pass warms every file.
+    first, unrecorded round warms every file (with ``fresh_dir``, the short warm-up of each round
+    does). Raises ``ValueError`` for ``prefill_chunk`` < 1, ``EngineError`` from llama.cpp.
     """
-    from edgegen.runtime.engine import Engine, SamplingParams
-
-    params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
-    seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
     keys = ["prefill_cpu_ms_per_token", "decode_cpu_ms_per_token"]
     if prefill_chunk is not None:
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be >= 1, got {prefill_chunk}")
         keys.append("prefill_lockstep_cpu_ms_per_token")
     out = {str(m): {key: [] for key in keys} for m in models}
-    engines = [Engine(m, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads, use_mmap=use_mmap)
-               for m in models]
+    orders = williams_orders(len(models))
+    setup = dict(n_ctx=prompt_tokens + gen_tokens + 8, n_threads=n_threads, use_mmap=use_mmap)
+    engines: list = []
     try:
-        ids = [e.tokenize(seed_text * (1 + prompt_tokens // 8), add_bos=False)[:prompt_tokens] for e in engines]
-        orders = williams_orders(len(models))
-        for r in range(-1, rounds):
+        if fresh_dir is None:
+            engines = _load_engines(models, range(len(models)), **setup)
+        for r in range(-1 if fresh_dir is None else 0, rounds):
             order = orders[r % len(orders)] if r >= 0 else list(range(len(models)))
-            prefill = dict.fromkeys(order, 0.0)
-            decode = dict.fromkeys(order, 0.0)
-            steps = dict.fromkeys(order, 0)
-            streams = {}
-            for k in order:
-                engines[k].reset()  # a full prefill, not a prompt-cache hit
-                streams[k] = engines[k].stream(ids[k], params)
-                c0 = time.process_time()
-                next(streams[k], None)
-                prefill[k] = time.process_time() - c0
-            for start in range(0, gen_tokens - 1, block):
-                for k in order:
-                    c0 = time.process_time()
-                    got = sum(next(streams[k], None) is not None for _ in range(min(block, gen_tokens - 1 - start)))
-                    decode[k] += time.process_time() - c0
-                    steps[k] += got
-            for stream in streams.values():
-                stream.close()
-            lockstep = _lockstep_prefill(engines, ids, order, prefill_chunk) if prefill_chunk else {}
+            if fresh_dir is not None:
+                engines = _load_engines(_fresh_copies(models, order, Path(fresh_dir), r), order, **setup)
+                for k in order:  # every weight read once (page faults, repacking), not timed
+                    engines[k].reset()
+                    engines[k].eval_prompt(_prompt_ids(engines[k], 32))
+            ids = [_prompt_ids(e, prompt_tokens) for e in engines]
+            timed = _timed_round(engines, ids, order, gen_tokens, block, prefill_chunk)
+            if fresh_dir is not None:
+                _close_all(engines)
+                engines = []
+                shutil.rmtree(Path(fresh_dir) / f"round-{r}", ignore_errors=True)
             if r < 0:
                 continue
             for k in order:
                 row = out[str(models[k])]
-                row["prefill_cpu_ms_per_token"].append(1e3 * prefill[k] / len(ids[k]))
-                row["decode_cpu_ms_per_token"].append(1e3 * decode[k] / max(1, steps[k]))
-                if prefill_chunk:
-                    row["prefill_lockstep_cpu_ms_per_token"].append(1e3 * lockstep[k] / len(ids[k]))
+                for key in keys:
+                    row[key].append(timed[key][k])
     finally:
-        for engine in engines:
-            engine.close()
+        _close_all(engines)
+    return out
+
+
+_SEED_TEXT = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
+
+
+def _prompt_ids(engine, n: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """The first ``n`` tokens of ``_SEED_TEXT`` repeated: fixed English text, no BOS."""
+    return engine.tokenize(_SEED_TEXT * (1 + n // 8), add_bos=False)[:n]
+
+
+def _load_engines(paths: Sequence[Path], order: Sequence[int], **setup) -> list:  # type: ignore[no-untyped-def]
+    """``Engine`` per path, loaded in ``order`` (returned in the order of ``paths``)."""
+    from edgegen.runtime.engine import Engine
+
+    loaded: dict[int, Engine] = {}
+    try:
+        for k in order:
+            loaded[k] = Engine(paths[k], n_batch=512, **setup)
+    except BaseException:
+        _close_all(list(loaded.values()))
+        raise
+    return [loaded[k] for k in range(len(paths))]
+
+
+def _close_all(engines: Sequence) -> None:
+    for engine in engines:
+        engine.close()
+
+
+def _fresh_copies(models: Sequence[Path], order: Sequence[int], fresh_dir: Path, r: int) -> list[Path]:
+    """Byte copies of ``models`` under ``fresh_dir/round-r/``, written in ``order``."""
+    d = fresh_dir / f"round-{r}"
+    d.mkdir(parents=True, exist_ok=True)
+    copies = [d / f"{k}-{Path(m).name}" for k, m in enumerate(models)]
+    for k in order:
+        shutil.copyfile(models[k], copies[k])
+    return copies
+
+
+def _timed_round(engines: Sequence, ids: Sequence[list[int]], order: Sequence[int], gen_tokens: int, block: int,
+                 prefill_chunk: int | None) -> dict[str, dict[int, float]]:
+    """One round of ``compare_speed``: CPU ms per token of each engine (by index), per figure."""
+    from edgegen.runtime.engine import SamplingParams
+
+    params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
+    prefill = dict.fromkeys(order, 0.0)
+    decode = dict.fromkeys(order, 0.0)
+    steps = dict.fromkeys(order, 0)
+    streams = {}
+    try:
+        for k in order:
+            engines[k].reset()  # a full prefill, not a prompt-cache hit
+            streams[k] = engines[k].stream(ids[k], params)
+            c0 = time.process_time()
+            next(streams[k], None)
+            prefill[k] = time.process_time() - c0
+        for start in range(0, gen_tokens - 1, block):
+            for k in order:
+                c0 = time.process_time()
+                got = sum(next(streams[k], None) is not None for _ in range(min(block, gen_tokens - 1 - start)))
+                decode[k] += time.process_time() - c0
+                steps[k] += got
+    finally:
+        for stream in streams.values():
+            stream.close()
+    out = {"prefill_cpu_ms_per_token": {k: 1e3 * prefill[k] / len(ids[k]) for k in order},
+           "decode_cpu_ms_per_token": {k: 1e3 * decode[k] / max(1, steps[k]) for k in order}}
+    if prefill_chunk:
+        lockstep = _lockstep_prefill(engines, ids, order, prefill_chunk)
+        out["prefill_lockstep_cpu_ms_per_token"] = {k: 1e3 * lockstep[k] / len(ids[k]) for k in order}
     return out
 
 

@@ -42,7 +42,7 @@ SEED_TEXT = "The old lighthouse keeper climbed the stairs each night and watched
 def child_run(model: str, n_ctx: int, n_prompt: int, n_gen: int, threads: int, repeats: int,
               long_prompt: int) -> dict[str, Any]:
     """Runs inside the child process: returns raw measurements (see ``measure_run``)."""
-    from edgegen.evaluate.bench import _peak_rss_bytes
+    from edgegen.evaluate.bench import peak_rss_bytes
     from edgegen.runtime.base import open_engine
     from edgegen.runtime.engine import SamplingParams, StreamStats
 
@@ -87,7 +87,7 @@ def child_run(model: str, n_ctx: int, n_prompt: int, n_gen: int, threads: int, r
             "decode_wall_ms": med(short, "decode_wall_ms"),
             "decode_cpu_ms_range": [min(r["decode_cpu_ms"] for r in short), max(r["decode_cpu_ms"] for r in short)],
             "long_decode_cpu_ms": med(long, "decode_cpu_ms"), "long_ttft_s": med(long, "ttft_s"),
-            "peak_rss_bytes": _peak_rss_bytes(), "energy": energy}
+            "peak_rss_bytes": peak_rss_bytes(), "energy": energy}
 
 
 def measure_run(model: Path | str, *, n_ctx: int = 1024, n_prompt: int = 16, n_gen: int = 48, threads: int = 1,
