@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -57,22 +58,55 @@ def test_lockstep_prefill_is_timed_per_round_beside_the_one_batch_prefill(storie
         compare_speed([stories_gguf], rounds=1, prompt_tokens=8, gen_tokens=2, prefill_chunk=0)
 
 
-def test_fresh_placement_copies_and_loads_every_round_and_leaves_nothing_behind(stories_gguf, stories_dir, tmp_path):
-    """With ``fresh_dir`` every round times its own copies (the originals are only read), keyed by the
-    original paths, and the copies are gone afterwards."""
+def test_fresh_placement_loads_new_copies_every_round_in_the_rounds_order(stories_gguf, stories_dir, tmp_path,
+                                                                         monkeypatch):
+    """With ``fresh_dir`` every round loads its own copies (in the round's Williams order) and closes
+    them before deleting them; figures stay keyed by the original paths; nothing is left behind."""
+    import edgegen.runtime.engine as engine_module
+    from edgegen.evaluate.rounds import williams_orders
     from edgegen.formats.convert import convert_model
 
     f16 = convert_model(stories_dir, tmp_path / "f16.gguf", dtype="f16")
     fresh = tmp_path / "fresh"
-    before = {p: p.stat().st_mtime_ns for p in (stories_gguf, f16)}
-    out = compare_speed([stories_gguf, f16], rounds=3, prompt_tokens=40, gen_tokens=4, prefill_chunk=16,
-                        fresh_dir=fresh)
+    events: list[tuple[str, Path]] = []
+
+    class Recorded(engine_module.Engine):
+        def __init__(self, model_path, **kw):  # type: ignore[no-untyped-def]
+            super().__init__(model_path, **kw)
+            events.append(("load", self.path))
+
+        def close(self) -> None:
+            if not any(e == ("close", self.path) for e in events):
+                assert self.path.exists(), "a copy was deleted while still loaded"
+                events.append(("close", self.path))
+            super().close()
+
+    monkeypatch.setattr(engine_module, "Engine", Recorded)
+    models = [stories_gguf, f16]
+    out = compare_speed(models, rounds=3, prompt_tokens=40, gen_tokens=4, prefill_chunk=16, fresh_dir=fresh)
     assert set(out) == {str(stories_gguf), str(f16)}
     for row in out.values():
         for values in row.values():
             assert len(values) == 3 and all(0 < v < math.inf for v in values)
+    loads = [p for kind, p in events if kind == "load"]
+    assert len(loads) == 6 and len({p for kind, p in events if kind == "close"}) == 6
+    orders = williams_orders(2)
+    for r in range(3):
+        got = loads[2 * r:2 * r + 2]
+        assert all(p.parent == fresh / f"round-{r}" for p in got)
+        assert [models[int(p.name.split("-", 1)[0])].name for p in got] == [models[k].name for k in orders[r % 2]]
     assert list(fresh.iterdir()) == []
-    assert {p: p.stat().st_mtime_ns for p in (stories_gguf, f16)} == before
+
+
+def test_fresh_placement_cleans_up_when_a_file_fails_to_load(stories_gguf, tmp_path):
+    from edgegen.errors import InvalidModelError
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InvalidModelError):
+        compare_speed([stories_gguf, broken], rounds=2, prompt_tokens=40, gen_tokens=4, fresh_dir=fresh)
+    assert list(fresh.iterdir()) == []
 
 
 def test_peak_rss_of_a_child_is_its_own_not_its_big_parents():

@@ -16,6 +16,7 @@ a ``Noise`` verdict (noisy: do not conclude). ``run_bench`` is the one-file case
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -120,8 +121,7 @@ def _child(model: str, prompt_tokens: int, gen_tokens: int, repeats: int, n_thre
     from edgegen.runtime.engine import SamplingParams, StreamStats
 
     engine = open_engine(model, n_ctx=prompt_tokens + gen_tokens + 8, n_batch=512, n_threads=n_threads)
-    seed_text = "The old lighthouse keeper climbed the stairs each night and watched the sea. "
-    ids = engine.tokenize(seed_text * (1 + prompt_tokens // 8), add_bos=False)[:prompt_tokens]
+    ids = _prompt_ids(engine, prompt_tokens)
     params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
     runs = []
     for _ in range(repeats + 1):  # first run warms caches and is discarded
@@ -297,19 +297,23 @@ def compare_speed(
 
     Where the weights land in memory moves speed too, and stays put while a file is loaded: loaded
     once for a whole run, a byte-identical copy decoded at a steady 0.95x-1.02x of its original, a
-    different figure in every run, with a median interval of +-1% around it
-    (``bench/results/quant_vs_llamacpp.json``, control rows), so one run's rounds could not see it.
+    different figure in every run, with a median interval under +-1% wide
+    (``bench/results/quant_vs_llamacpp.placement-once.json``, control rows), so one run's rounds could
+    not see it.
     Without ``fresh_dir`` every file is loaded once (the rounds share one placement); with it, every
-    round copies each file afresh into ``fresh_dir`` (new page-cache pages), loads the copies in the
-    round's order (new buffers for repacked weights, KV cache and compute), touches every weight
-    once with an unrecorded ``warm_tokens`` prefill, times the round, then closes and deletes the
-    copies: placement is drawn anew each round, so the rounds' spread and any interval over them
-    include it.
+    round copies each file afresh into ``fresh_dir`` (new page-cache pages, flushed to disk first),
+    loads the copies in the round's order (new buffers for repacked weights, KV cache and compute),
+    touches every weight once with an untimed prefill of up to 32 tokens, times the round, then closes
+    and deletes the copies (also when the round fails): placement is drawn anew each round, so the
+    rounds' spread and any interval over them include it. The compute buffer's pages that only a
+    longer batch touches are still faulted in during the timed one-batch prefill, alike for files of
+    one architecture.
 
     Per file: ``prefill_cpu_ms_per_token`` and ``decode_cpu_ms_per_token`` (and the lockstep prefill),
     one value per round (in round order, so ratios between files can be taken round by round). A
     first, unrecorded round warms every file (with ``fresh_dir``, the short warm-up of each round
-    does). Raises ``ValueError`` for ``prefill_chunk`` < 1, ``EngineError`` from llama.cpp.
+    does). Raises ``ValueError`` for ``prefill_chunk`` < 1, ``InvalidModelError`` / ``EngineError``
+    from loading and running a file, ``OSError`` from copying one.
     """
     keys = ["prefill_cpu_ms_per_token", "decode_cpu_ms_per_token"]
     if prefill_chunk is not None:
@@ -325,17 +329,20 @@ def compare_speed(
             engines = _load_engines(models, range(len(models)), **setup)
         for r in range(-1 if fresh_dir is None else 0, rounds):
             order = orders[r % len(orders)] if r >= 0 else list(range(len(models)))
-            if fresh_dir is not None:
-                engines = _load_engines(_fresh_copies(models, order, Path(fresh_dir), r), order, **setup)
-                for k in order:  # every weight read once (page faults, repacking), not timed
-                    engines[k].reset()
-                    engines[k].eval_prompt(_prompt_ids(engines[k], 32))
-            ids = [_prompt_ids(e, prompt_tokens) for e in engines]
-            timed = _timed_round(engines, ids, order, gen_tokens, block, prefill_chunk)
-            if fresh_dir is not None:
-                _close_all(engines)
-                engines = []
-                shutil.rmtree(Path(fresh_dir) / f"round-{r}", ignore_errors=True)
+            if fresh_dir is None:
+                timed = _timed_round(engines, order, prompt_tokens, gen_tokens, block, prefill_chunk)
+            else:
+                copies = Path(fresh_dir) / f"round-{r}"
+                try:
+                    engines = _load_engines(_fresh_copies(models, order, copies), order, **setup)
+                    for k in order:  # every weight read once (page faults), not timed
+                        engines[k].reset()
+                        engines[k].eval_prompt(_prompt_ids(engines[k], min(32, prompt_tokens)))
+                    timed = _timed_round(engines, order, prompt_tokens, gen_tokens, block, prefill_chunk)
+                finally:  # closed before their files go
+                    _close_all(engines)
+                    engines = []
+                    shutil.rmtree(copies, ignore_errors=True)
             if r < 0:
                 continue
             for k in order:
@@ -351,7 +358,8 @@ _SEED_TEXT = "The old lighthouse keeper climbed the stairs each night and watche
 
 
 def _prompt_ids(engine, n: int) -> list[int]:  # type: ignore[no-untyped-def]
-    """The first ``n`` tokens of ``_SEED_TEXT`` repeated: fixed English text, no BOS."""
+    """The first ``n`` tokens of ``_SEED_TEXT`` repeated: fixed English text, no BOS (every speed
+    figure of this module prefills this prompt)."""
     return engine.tokenize(_SEED_TEXT * (1 + n // 8), add_bos=False)[:n]
 
 
@@ -374,21 +382,24 @@ def _close_all(engines: Sequence) -> None:
         engine.close()
 
 
-def _fresh_copies(models: Sequence[Path], order: Sequence[int], fresh_dir: Path, r: int) -> list[Path]:
-    """Byte copies of ``models`` under ``fresh_dir/round-r/``, written in ``order``."""
-    d = fresh_dir / f"round-{r}"
-    d.mkdir(parents=True, exist_ok=True)
-    copies = [d / f"{k}-{Path(m).name}" for k, m in enumerate(models)]
+def _fresh_copies(models: Sequence[Path], order: Sequence[int], into: Path) -> list[Path]:
+    """Byte copies of ``models`` in the directory ``into``, written in ``order`` and flushed to disk
+    (so their writeback does not overlap the timing)."""
+    into.mkdir(parents=True, exist_ok=True)
+    copies = [into / f"{k}-{Path(m).name}" for k, m in enumerate(models)]
     for k in order:
         shutil.copyfile(models[k], copies[k])
+        with open(copies[k], "rb") as f:
+            os.fsync(f.fileno())
     return copies
 
 
-def _timed_round(engines: Sequence, ids: Sequence[list[int]], order: Sequence[int], gen_tokens: int, block: int,
+def _timed_round(engines: Sequence, order: Sequence[int], prompt_tokens: int, gen_tokens: int, block: int,
                  prefill_chunk: int | None) -> dict[str, dict[int, float]]:
     """One round of ``compare_speed``: CPU ms per token of each engine (by index), per figure."""
     from edgegen.runtime.engine import SamplingParams
 
+    ids = [_prompt_ids(e, prompt_tokens) for e in engines]
     params = SamplingParams.greedy(gen_tokens, ignore_eos=True)
     prefill = dict.fromkeys(order, 0.0)
     decode = dict.fromkeys(order, 0.0)
