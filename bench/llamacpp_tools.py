@@ -4,7 +4,8 @@
 
 The llama.cpp tree is the one vendored in the pinned llama-cpp-python sdist (``pip download
 --no-deps --no-binary :all: llama-cpp-python==VERSION``), so the anchor is the exact ggml our engine
-runs. CMake builds only the two targets: Release, CPU only, no CURL, static libraries. The result is
+runs. CMake builds only the two targets: Release, CPU only, native minus AMX (``no_amx_flags``, as the
+Makefile builds the engine), no CURL, static libraries. The result is
 cached in ``<home>/tools/llama.cpp-<version>/`` (``bin/llama-imatrix``, ``bin/llama-quantize``);
 a second call returns at once. Benches only: never tests or CI (it takes minutes on two cores).
 """
@@ -39,6 +40,14 @@ def _sdist(work: Path, version: str) -> Path:
     return found[0]
 
 
+def no_amx_flags() -> list[str]:
+    """Compiler flags that keep Intel AMX out of a ``-march=native`` build where the compiler would put
+    it in: the same as the Makefile gives llama-cpp-python (ggml-cpu's AMX kernels died with SIGILL on
+    AMX hosts here), so the tools run the engine's kernels. Empty where there is no AMX."""
+    probe = subprocess.run(["cc", "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True)
+    return ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"] if "__AMX_TILE__" in probe.stdout else []
+
+
 def build(home: Path, version: str = VERSION, jobs: int = 2) -> dict[str, Path]:
     """Paths of the built tools, building them first if the cache lacks them."""
     dest = tools_dir(home, version)
@@ -52,7 +61,9 @@ def build(home: Path, version: str = VERSION, jobs: int = 2) -> dict[str, Path]:
         with tarfile.open(_sdist(work, version)) as tf:
             tf.extractall(work, filter="data")
     build_dir = work / "build"
+    flags = " ".join(no_amx_flags())
     subprocess.run(["cmake", "-S", str(tree), "-B", str(build_dir), "-G", "Ninja",
+                    f"-DCMAKE_C_FLAGS={flags}", f"-DCMAKE_CXX_FLAGS={flags}",
                     "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF",
                     "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
                     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON"], check=True)
