@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from edgegen.compress.plan import SourceModel
-    from edgegen.compress.speed import read_per_prompt_token
+    from edgegen.compress.speed import host_cpu_kind, read_per_prompt_token
     from edgegen.formats.convert import cached_reference
     from edgegen.formats.gguf_file import open_reader, read_per_token
     from edgegen.hub.sources import pull
@@ -125,6 +125,7 @@ def main() -> None:
                       "weights_read_per_prompt_token": n_prefill, "ffn_down_weights": n_down,
                       "rounds": args.rounds, "prompt_tokens": args.prompt, "tokens": args.tokens,
                       "threads": 1, "clock": "process CPU time", "cpus": os.cpu_count(),
+                      "cpu": cpu.to_dict() if (cpu := host_cpu_kind()) else None,
                       "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(), "formats": out}, indent=1))
 
 

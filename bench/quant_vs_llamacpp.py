@@ -3,7 +3,7 @@ matrix, at equal file size, on two references. Prints JSON.
 
     .venv/bin/python bench/quant_vs_llamacpp.py [--home DIR] [--out DIR] [--sizes Q4_K_M,Q3_K_M,Q2_K]
         [--refs published,offgrid] [--iq IQ3_S,IQ2_M] [--imatrix-chunks 16] [--speed-rounds 25]
-        [--gen-tokens 32] [--speed-only]
+        [--gen-tokens 32] [--speed-profile JSON] [--speed-only]
 
 References: (1) ``published``: SmolLM2-135M-Instruct dequantized to F16 by ``formats.convert``. Its
 weights sit on its publisher's Q4_1 grid (embedding Q8_0), so a quantizer that rediscovers that grid
@@ -104,11 +104,13 @@ def quantize_imatrix(tools: dict[str, Path], ref: Path, imat: Path, dst: Path, f
     return dst
 
 
-def ours(ref: Path, out: Path, size: int, speed_of: Path, calib: Path) -> dict:
+def ours(ref: Path, out: Path, size: int, speed_of: Path, calib: Path, speed_profile: Path | None = None) -> dict:
     report = out.with_suffix(".report.json")
     cmd = [sys.executable, "-m", "edgegen", "compress", str(ref), "-o", str(out),
            "--max-size-mib", repr(size / 2**20), "--speed-of", str(speed_of), "--calib", str(calib),
            "--report", str(report)]
+    if speed_profile is not None:
+        cmd += ["--speed-profile", str(speed_profile)]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     t0, c0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -122,6 +124,7 @@ def ours(ref: Path, out: Path, size: int, speed_of: Path, calib: Path) -> dict:
         "stage_s": data["seconds"], "peak_rss_bytes": data["peak_rss_bytes"],
         "predicted_kl": data["predicted_kl"], "predicted_decode_ms": data["predicted_decode_ms"],
         "predicted_prefill_ms": data.get("predicted_prefill_ms"), "types": data["types"],
+        "speed_profile_warning": data.get("speed_profile_warning"),
     }
 
 
@@ -294,7 +297,7 @@ def bench_reference(name: str, args: argparse.Namespace, tools: dict[str, Path],
         size = withim.stat().st_size
         mine = out / f"edgegen-at-{ftype}-size.gguf"
         print(f"[{name} {ftype}] compressing to <= {size} bytes ...", file=sys.stderr, flush=True)
-        cost = ours(ref, mine, size, withim, calib)
+        cost = ours(ref, mine, size, withim, calib, args.speed_profile)
         print(f"[{name} {ftype}] evaluating ...", file=sys.stderr, flush=True)
         q_ours = quality([mine], ref, evalt, args.chunks, args.threads)[str(mine)]
         s = fresh_speed(mine, withim, args.speed_rounds, args.gen_tokens)
@@ -336,6 +339,8 @@ def main() -> None:
                     "median's 95%% interval is the 8th to 18th smallest ratio)")
     ap.add_argument("--gen-tokens", type=int, default=32, help="decoded tokens per file per speed round")
     ap.add_argument("--json-out", type=Path, default=None, help="also rewrite the JSON here after every row")
+    ap.add_argument("--speed-profile", type=Path, default=None, help="this CPU's per-format costs "
+                    "(bench/format_speed.py's JSON) for edgegen compress; default: the built-in constants")
     ap.add_argument("--speed-only", action="store_true", help="only re-measure the speed of the file pairs an "
                     "earlier run left in --out (ours and llama.cpp+imatrix's, per reference and size)")
     args = ap.parse_args()

@@ -68,3 +68,18 @@ def test_missing_text(stories_gguf: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"]])
 def test_help(args: list[str]) -> None:
     assert run(*args).returncode == 0
+
+
+def test_compress_warns_when_the_speed_profile_was_measured_on_other_kernels(stories_gguf: Path, tmp_path: Path):
+    """``--speed-of`` with a profile from a CPU whose kernel flags differ from this one's: one warning line
+    on stderr, the same sentence in the report, and the compression still runs."""
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"cpu": {"model": "a CPU with no SIMD", "isa": []},
+                                   "formats": {"Q4_0": {"ns_per_weight_1thread": 0.03}}}))
+    out, report = tmp_path / "out.gguf", tmp_path / "report.json"
+    p = run("compress", str(stories_gguf), "-o", str(out), "--no-calib", "--max-size-mib", "5",
+            "--speed-of", str(stories_gguf), "--speed-profile", str(profile), "--report", str(report))
+    assert p.returncode == 0, p.stderr
+    warned = [ln for ln in p.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warned) == 1 and "a CPU with no SIMD" in warned[0], p.stderr
+    assert "a CPU with no SIMD" in json.loads(report.read_text())["speed_profile_warning"]

@@ -87,3 +87,68 @@ def test_profile_prefill_costs_and_the_decode_only_fallback(tmp_path):
     path.write_text(json.dumps({"formats": {"Q4_0": {"ns_per_weight_1thread": 2 * DECODE_NS_PER_WEIGHT["Q4_0"]}}}))
     pre = load_profile(path, "prefill_ns_per_weight_1thread")  # decode only: the prefill table, scaled alike
     assert pre == pytest.approx({k: 2 * v for k, v in PREFILL_NS_PER_WEIGHT.items()})
+
+
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni avx512_bf16 amx_tile amx_int8
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse2 avx
+"""
+PI5 = """processor\t: 0
+BogoMIPS\t: 108.00
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer\t: 0x41
+CPU part\t: 0xd0b
+"""
+
+
+def test_cpu_kind_is_read_from_the_first_processor_of_x86_and_arm_cpuinfo():
+    from edgegen.compress.speed import cpu_kind_of
+
+    xeon = cpu_kind_of(XEON)
+    assert xeon.model == "Intel(R) Xeon(R) Platinum 8488C"
+    assert xeon.isa == ("amx_int8", "avx", "avx2", "avx512_bf16", "avx512_vnni", "avx512bw", "avx512f",
+                        "avx512vl", "f16c", "fma")
+    pi = cpu_kind_of(PI5)
+    assert pi.model == "Arm CPU part 0xd0b" and pi.isa == ("asimd", "asimddp")
+
+
+def test_a_profile_from_another_cpus_kernels_is_flagged_and_the_same_kind_is_not(tmp_path):
+    import json
+
+    from edgegen.compress.speed import BUILTIN_PROFILE_CPU, CpuKind, cpu_kind_of, profile_cpu_kind, profile_mismatch
+
+    xeon = cpu_kind_of(XEON)
+    warning = profile_mismatch(BUILTIN_PROFILE_CPU, xeon)
+    assert warning and "AMD EPYC" in warning and "avx512f" in warning and "--speed-profile" in warning
+    assert profile_mismatch(xeon, CpuKind("another name", xeon.isa)) is None  # same kernels
+    assert profile_mismatch(None, xeon) is None and profile_mismatch(xeon, None) is None
+    measured = tmp_path / "profile.json"
+    measured.write_text(json.dumps({"cpu": xeon.to_dict(), "formats": {"Q4_0": {"ns_per_weight_1thread": 0.03}}}))
+    assert profile_cpu_kind(measured) == xeon
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"Q4_0": 0.03}))
+    assert profile_cpu_kind(plain) is None and profile_cpu_kind(None) == BUILTIN_PROFILE_CPU
+
+
+def test_a_speed_budget_carries_the_warning_only_when_the_profile_is_not_this_cpus(stories_gguf, tmp_path):
+    import json
+
+    from edgegen.compress.pipeline import Budget
+    from edgegen.compress.speed import host_cpu_kind
+
+    host = host_cpu_kind()
+    if host is None:
+        pytest.skip("no /proc/cpuinfo here")
+    here = tmp_path / "here.json"
+    here.write_text(json.dumps({"cpu": host.to_dict(), "formats": {"Q4_0": {"ns_per_weight_1thread": 0.03}}}))
+    assert Budget.of(max_size_mib=1, speed_of=stories_gguf, speed_profile=here).profile_warning is None
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"cpu": {"model": "a CPU with no SIMD", "isa": []},
+                                     "formats": {"Q4_0": {"ns_per_weight_1thread": 0.03}}}))
+    assert "a CPU with no SIMD" in Budget.of(max_size_mib=1, speed_of=stories_gguf,
+                                             speed_profile=elsewhere).profile_warning
+    assert Budget.of(max_size_mib=1, speed_profile=elsewhere).profile_warning is None  # no speed limit

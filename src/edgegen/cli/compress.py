@@ -84,6 +84,8 @@ def compress_cmd(
     check_output_path(out)
     if report is not None:
         check_output_path(report)
+    if budget.profile_warning:
+        err_console.print(f"warning: {budget.profile_warning}", highlight=False, soft_wrap=True)
     path = _resolve(src)
     calib_text = None
     if calib is None and not no_calib:

@@ -54,16 +54,27 @@ class Budget:
     speed_costs: Mapping[str, float] | None = None  # the CPU's per-format costs (None: ``speed``'s own)
     max_prefill_ms: float | None = None  # optional prefill limit, in ``speed.prefill_cost`` units
     prefill_costs: Mapping[str, float] | None = None  # the CPU's per-format prefill costs
+    # with a speed limit: why the profile may mispredict on this CPU (``speed.profile_mismatch``), else None
+    profile_warning: str | None = None
 
     @classmethod
     def of(cls, *, max_size_mib: float | None = None, bpw: float | None = None,
            preset: str | None = None, speed_of: Path | None = None, speed_profile: Path | None = None) -> Budget:
         """From CLI-style options; ``speed_of``: an existing GGUF the result must decode as fast as,
-        on the CPU that ``speed_profile`` (``speed.load_profile``) describes, by default this one."""
+        on the CPU that ``speed_profile`` (``speed.load_profile``) describes, by default the one
+        ``speed``'s constants were measured on. With ``speed_of``, ``profile_warning`` says when that
+        CPU's kernel flags differ from this machine's (the CLI prints it; the report keeps it)."""
         given = [x is not None for x in (max_size_mib, bpw, preset)]
         if sum(given) > 1:
             raise UserInputError("give only one of --max-size-mib, --bpw and --preset")
-        from edgegen.compress.speed import file_decode_cost, file_prefill_cost, load_profile
+        from edgegen.compress.speed import (
+            file_decode_cost,
+            file_prefill_cost,
+            host_cpu_kind,
+            load_profile,
+            profile_cpu_kind,
+            profile_mismatch,
+        )
 
         costs = load_profile(Path(speed_profile)) if speed_profile is not None else None
         pcosts = load_profile(Path(speed_profile), "prefill_ns_per_weight_1thread") if speed_profile else None
@@ -74,7 +85,11 @@ class Budget:
             validate_gguf(Path(speed_of))
             ms = file_decode_cost(Path(speed_of), costs)
             prefill_ms = file_prefill_cost(Path(speed_of), pcosts)
-        speed = {"max_decode_ms": ms, "speed_costs": costs, "max_prefill_ms": prefill_ms, "prefill_costs": pcosts}
+            warning = profile_mismatch(profile_cpu_kind(speed_profile), host_cpu_kind())
+        else:
+            warning = None
+        speed = {"max_decode_ms": ms, "speed_costs": costs, "max_prefill_ms": prefill_ms, "prefill_costs": pcosts,
+                 "profile_warning": warning}
         if max_size_mib is not None:
             if not max_size_mib > 0:
                 raise BudgetError(f"the size budget must be positive, not {max_size_mib} MiB")
@@ -215,7 +230,7 @@ def _compress(
         budget_bytes=budget.max_bytes, n_params=model.n_params, calibrated=cal is not None,
         calib_tokens=cal.n_tokens if cal else 0, fisher_tokens=cal.n_fisher_tokens if cal else 0,
         calibration=cal.sources if cal else {},
-        seconds=timer.laps, peak_rss_bytes=peak_rss_bytes(),
+        seconds=timer.laps, peak_rss_bytes=peak_rss_bytes(), speed_profile_warning=budget.profile_warning,
         tensors=tensors, speed_costs=budget.speed_costs, prefill_costs=budget.prefill_costs,
     )
 

@@ -50,6 +50,7 @@ class CompressReport:
     peak_rss_bytes: int
     tensors: list[TensorReport]
     calibration: dict[str, str] = field(default_factory=dict)  # statistic -> where it came from
+    speed_profile_warning: str | None = None  # ``Budget.profile_warning``: the cost model's CPU is not this one
 
     @classmethod
     def build(cls, *, tensors: list[TensorReport], n_params: int, speed_costs: Mapping[str, float] | None = None,

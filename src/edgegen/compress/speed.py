@@ -14,7 +14,12 @@ Other CPUs order the formats similarly but not identically; the model only steer
 benchmark measures real speed.
 
 Another CPU is described by a profile: ``bench/format_speed.py`` run on it prints one, and
-``load_profile(path)`` reads it (or a plain ``{"Q4_0": ns, ...}`` mapping) for ``compress``.
+``load_profile(path)`` reads it (or a plain ``{"Q4_0": ns, ...}`` mapping) for ``compress``. A profile
+names the CPU it was measured on (``CpuKind``: model name and the SIMD extensions ggml-cpu picks its
+kernels by; the constants here: ``BUILTIN_PROFILE_CPU``), and ``profile_mismatch`` says when that is
+not the CPU at hand: on a 2-core Intel Xeon with AVX-512, a file that these AVX2 constants predicted
+to prefill no slower than llama.cpp's Q4_K_M prefilled at 0.925x its speed (median of 19 rounds, 95%
+interval 0.893-0.982; ``bench/results/quant_vs_llamacpp.json``, published Q4_K_M row).
 
 Prefill (evaluating the prompt, what sets the time to first token) runs other kernels: the prompt's
 tokens go through each matrix together, as a matrix-matrix product, and there the formats' order
@@ -41,11 +46,88 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgegen.formats.gguf_file import open_reader, read_per_token
+
+# CPU flags (as /proc/cpuinfo spells them) that decide which ggml-cpu kernels run: the x86 SIMD levels,
+# dot-product and matrix extensions, and their Arm counterparts.
+KERNEL_FLAGS = ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2")
+
+
+@dataclass(frozen=True)
+class CpuKind:
+    """The CPU a speed profile was measured on: its model name and which ``KERNEL_FLAGS`` it has."""
+
+    model: str
+    isa: tuple[str, ...]  # sorted
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "isa": list(self.isa)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> CpuKind:
+        return cls(str(d.get("model", "")), tuple(sorted(str(f) for f in d.get("isa", ()))))
+
+    def describe(self) -> str:
+        return f"{self.model or 'unknown CPU'} ({', '.join(self.isa) or 'no SIMD flags listed'})"
+
+
+# the machine ``DECODE_NS_PER_WEIGHT`` and ``PREFILL_NS_PER_WEIGHT`` were measured on
+BUILTIN_PROFILE_CPU = CpuKind("AMD EPYC, 2 cores", ("avx", "avx2", "f16c", "fma"))
+
+
+def cpu_kind_of(cpuinfo: str) -> CpuKind:
+    """Pure: the ``CpuKind`` described by the text of ``/proc/cpuinfo`` (its first processor; x86 says
+    ``model name`` and ``flags``, Arm ``CPU part`` / ``Features``)."""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = " ".join(value.split())
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key == "cpu part" and not model:
+            model = f"Arm CPU part {value.strip()}"
+    return CpuKind(model, tuple(sorted(f for f in KERNEL_FLAGS if f in flags)))
+
+
+def host_cpu_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuKind | None:
+    """This machine's ``CpuKind``, or None where ``cpuinfo`` cannot be read."""
+    try:
+        return cpu_kind_of(Path(cpuinfo).read_text())
+    except OSError:
+        return None
+
+
+def profile_mismatch(profile: CpuKind | None, host: CpuKind | None) -> str | None:
+    """Pure: a sentence saying why a profile measured on ``profile`` may mispredict on ``host`` (their
+    kernel flags differ), or None when they agree or either is unknown."""
+    if profile is None or host is None or profile.isa == host.isa:
+        return None
+    return (f"the speed profile was measured on {profile.describe()}, but this CPU is {host.describe()}: "
+            "ggml-cpu runs other kernels here, so predicted speeds may be off; measure this CPU with "
+            "bench/format_speed.py and pass its JSON as --speed-profile")
+
+
+def profile_cpu_kind(path: Path | None) -> CpuKind | None:
+    """The ``CpuKind`` a profile file names (``"cpu"``), ``BUILTIN_PROFILE_CPU`` for ``path`` None, and
+    None for a profile that names none (a plain mapping). Raises ``UserInputError`` if unreadable."""
+    if path is None:
+        return BUILTIN_PROFILE_CPU
+    from edgegen.errors import UserInputError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot read the speed profile {path}: {exc}") from exc
+    cpu = data.get("cpu") if isinstance(data, dict) else None
+    return CpuKind.from_dict(cpu) if isinstance(cpu, dict) else None
 
 DECODE_NS_PER_WEIGHT: dict[str, float] = {
     "Q2_K": 0.027,
