@@ -360,6 +360,8 @@ def main() -> None:
     load_start = os.getloadavg()
     refs: dict[str, dict] = {}
 
+    from edgegen.compress.speed import host_cpu_kind
+
     def summary(done: bool) -> str:
         passes = [all(r["pass"].values()) for ref in refs.values() for r in ref["rows"]]
         two = refs.get("offgrid", {}).get("two_tiers_smaller")
@@ -368,7 +370,9 @@ def main() -> None:
             "chunks": args.chunks, "chunk_tokens": 512, "imatrix_chunks": args.imatrix_chunks,
             "threads_quality": args.threads,
             "speed": _speed_settings(args),
-            "cpus": os.cpu_count(), "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(),
+            "cpus": os.cpu_count(), "cpu": cpu.to_dict() if (cpu := host_cpu_kind()) else None,
+            "speed_profile": None if args.speed_profile is None else str(args.speed_profile),
+            "load_avg_at_start": load_start, "load_avg_at_end": os.getloadavg(),
             "bench_wall_s": round(time.perf_counter() - t0, 1), "references": refs,
             "all_rows_pass": all(passes), "two_tiers_pass": None if two is None else two["pass"],
         }, indent=1)
