@@ -19,7 +19,9 @@ names the CPU it was measured on (``CpuKind``: model name and the SIMD extension
 kernels by; the constants here: ``BUILTIN_PROFILE_CPU``), and ``profile_mismatch`` says when that is
 not the CPU at hand: on a 2-core Intel Xeon with AVX-512, a file that these AVX2 constants predicted
 to prefill no slower than llama.cpp's Q4_K_M prefilled at 0.925x its speed (median of 19 rounds, 95%
-interval 0.893-0.982; ``bench/results/quant_vs_llamacpp.json``, published Q4_K_M row).
+interval 0.893-0.982; ``bench/results/quant_vs_llamacpp.fresh-placement-epyc-profile.json``,
+published Q4_K_M row); planned with this CPU's own profile, the same row prefilled at 1.063x
+(1.016-1.104; ``quant_vs_llamacpp.xeon-profile.json``).
 
 Prefill (evaluating the prompt, what sets the time to first token) runs other kernels: the prompt's
 tokens go through each matrix together, as a matrix-matrix product, and there the formats' order
@@ -120,12 +122,7 @@ def profile_cpu_kind(path: Path | None) -> CpuKind | None:
     None for a profile that names none (a plain mapping). Raises ``UserInputError`` if unreadable."""
     if path is None:
         return BUILTIN_PROFILE_CPU
-    from edgegen.errors import UserInputError
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read the speed profile {path}: {exc}") from exc
+    data = _read_profile(path)
     cpu = data.get("cpu") if isinstance(data, dict) else None
     return CpuKind.from_dict(cpu) if isinstance(cpu, dict) else None
 
@@ -207,6 +204,16 @@ def file_prefill_cost(path: Path, costs: Mapping[str, float] | None = None) -> f
     return prefill_cost(_file_tensors(path), costs)
 
 
+def _read_profile(path: Path) -> object:
+    """The parsed JSON of a speed profile file; raises ``UserInputError`` if it cannot be read."""
+    from edgegen.errors import UserInputError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserInputError(f"cannot read the speed profile {path}: {exc}") from exc
+
+
 def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, float]:
     """A CPU's per-format costs (ns per weight): ``bench/format_speed.py``'s JSON or a plain mapping.
 
@@ -219,10 +226,7 @@ def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, fl
     base = PREFILL_NS_PER_WEIGHT if key.startswith("prefill") else DECODE_NS_PER_WEIGHT
     from edgegen.errors import UserInputError
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserInputError(f"cannot read the speed profile {path}: {exc}") from exc
+    data = _read_profile(path)
     table = data.get("formats", data) if isinstance(data, dict) else None
     if not isinstance(table, dict):
         raise UserInputError(f"the speed profile {path} is not a mapping of format to cost")
