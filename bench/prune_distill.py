@@ -1,7 +1,7 @@
 """Pruning and distillation against quantization alone, on SmolLM2: size, decode speed and quality.
 
-    .venv/bin/python bench/prune_distill.py [--home DIR] [--prune layers=26,ffn=1024]
-        [--curve 4,10,16,22] [--lr 3e-4] [--chunks 8] [--speed-rounds 5] [--bytes-ratio 0.74]
+    .venv/bin/python bench/prune_distill.py [--home DIR] [--prune layers=24,ffn=1280] [--curve 5,30]
+        [--curve-mode independent] [--lr 2.5e-4] [--chunks 16] [--speed-rounds 15] [--bytes-ratio 0.68]
 
 Files (all from the F16 reference, ``formats.convert.cached_reference``):
     llama.cpp Q4_K_M, Q3_K_M, Q2_K     ``llama_cpp.llama_model_quantize`` (the anchor's points)
@@ -11,18 +11,19 @@ Files (all from the F16 reference, ``formats.convert.cached_reference``):
     prune+distill+quant                the pruned model distilled from the reference (``distill``) for the
                                        last ``--curve`` minutes, then compressed at the same size
     quant-only@same-size               compress of the reference at the pruned files' size budget: what
-                                       quantization alone reaches at that size (quantized in a second
-                                       process while distillation runs, as is prune+quant)
+                                       quantization alone reaches at that size
+All compressions run before the distillation, so its minutes have both cores to themselves.
 Quality: ``evaluate.quality.evaluate_many`` on ``hub.texts.EVALUATION_PLAYS`` (``--chunks`` x 512
 tokens, llama-perplexity's definitions). Distillation runs on plays in neither calibration nor
 evaluation (``cli.prune.DISTILL_PLAYS``); its curve: the distilled (unquantized) student evaluated
 after each budget in ``--curve`` (``--curve-mode chained``: the run resumes from its checkpoint each time;
 ``independent``: a fresh run per budget), and a power-law fit
 KL(t) = a t^-b projecting where it would reach quant-only@same-size's KL. Speed: ``evaluate.bench.
-compare_speed`` (every file in interleaved rounds, the decode steps token by token, one thread, CPU ms per
-decoded token), ratios taken
-round by round, verdict from ``evaluate.rounds`` (noisy or not). Writes ``bench/results/prune_distill.json``
-and ``prune_distill.png``.
+compare_speed`` with ``fresh_dir`` (every file, and a byte-for-byte control copy of the base file, in
+interleaved rounds on fresh copies loaded anew each round; the decode steps token by token, one
+thread, CPU ms per decoded token); speedups taken round by round against quant-only@Q4_K_M, with the
+median's 95% interval (``evaluate.rounds.median_interval``): ">= 1.25x concluded" when the whole
+interval is. Writes ``bench/results/prune_distill.json`` and ``prune_distill.png``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -58,15 +58,6 @@ def compress_to(src: Path, out: Path, size: int, calib_text: str) -> dict:
     return {"wall_s": round(time.perf_counter() - t0, 1), "types": rep.types, "predicted_kl": rep.predicted_kl}
 
 
-def side_compress(jobs: list[tuple[Path, Path]], size: int) -> subprocess.Popen:
-    """``edgegen compress SRC -o OUT --max-size-mib`` for each job in turn, in one background process
-    (default calibration: ``hub.texts.CALIBRATION_PLAYS``); files already present are kept."""
-    cmds = [f"{sys.executable} -m edgegen compress {src} -o {out} --max-size-mib {size / 2**20!r}"
-            for src, out in jobs if not out.exists()]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.Popen(["sh", "-c", " && ".join(cmds) or "true"], env=env, stdout=subprocess.DEVNULL)
-
-
 def fit_crossing(curve: list[dict], target: float) -> dict:
     """Least squares on log KL = log a - b log t over the curve's t > 0 points; minutes to reach target."""
     pts = [(math.log(c["minutes"]), math.log(c["kl_mean"])) for c in curve if c["minutes"] > 0 and c["kl_mean"] > 0]
@@ -90,21 +81,22 @@ def main() -> None:  # noqa: PLR0915
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", type=Path, default=Path(os.environ.get("EDGEGEN_TEST_HOME", REPO / ".cache" / "edgegen")))
     ap.add_argument("--work", type=Path, default=None)
-    ap.add_argument("--prune", default="layers=26,ffn=1024")
-    ap.add_argument("--curve", default="3,8,14")
-    ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    ap.add_argument("--prune", default="layers=24,ffn=1280")
+    ap.add_argument("--curve", default="5,30")
+    ap.add_argument("--lr", type=float, default=2.5e-4, help="peak learning rate")
     ap.add_argument("--schedule", default="linear", help="learning-rate schedule: linear (to 0 by each budget) or "
                     "constant; the curve's runs extend one another, so a linear curve restarts the decay")
-    ap.add_argument("--curve-mode", choices=("chained", "independent"), default="chained",
+    ap.add_argument("--curve-mode", choices=("chained", "independent"), default="independent",
                     help="chained: each budget resumes the previous one's run (cheap; a linear schedule restarts its "
                     "decay at each extension); independent: each budget is a fresh run from the pruned model, its "
                     "rate decaying to 0 by that budget (what a user with that budget gets; costs the sum of budgets)")
-    ap.add_argument("--chunks", type=int, default=8)
-    ap.add_argument("--curve-chunks", type=int, default=4)
-    ap.add_argument("--speed-rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the distillation (the side "
-                    "compressions take the other core when they still have work)")
-    ap.add_argument("--bytes-ratio", type=float, default=0.74)
+    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--curve-chunks", type=int, default=16)
+    ap.add_argument("--speed-rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the distillation")
+    ap.add_argument("--teacher-threads", type=int, default=None, help="llama.cpp threads of the teacher, which "
+                    "runs beside the student's step (default: --threads)")
+    ap.add_argument("--bytes-ratio", type=float, default=0.68)
     ap.add_argument("--finish-by", default=None, help="HH:MM UTC: shorten the distillation to end the run by then")
     ap.add_argument("--reserve-minutes", type=float, default=30.0, help="with --finish-by: time kept for the rest")
     args = ap.parse_args()
@@ -112,7 +104,7 @@ def main() -> None:  # noqa: PLR0915
     from edgegen.cli.prune import DISTILL_PLAYS
     from edgegen.distill import DistillConfig, distill
     from edgegen.evaluate.bench import bytes_read_per_token, compare_speed
-    from edgegen.evaluate.rounds import Noise, Spread, load_average, ratios, supported
+    from edgegen.evaluate.rounds import Noise, Spread, load_average, median_interval, ratios, supported
     from edgegen.formats.convert import cached_reference
     from edgegen.hub.sources import pull
     from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, plays_text
@@ -146,8 +138,9 @@ def main() -> None:  # noqa: PLR0915
     costs["prune"] = {"wall_s": round(time.perf_counter() - t0, 1), "plan": prep.plan}
     files["prune+quant"] = work / "prune-quant.gguf"
     files["quant-only@same-size"] = work / "quant-only-same-size.gguf"
-    # these two need nothing from distillation: a second process quantizes them meanwhile
-    side = side_compress([(pruned, files["prune+quant"]), (ref, files["quant-only@same-size"])], small)
+    # quantized before the distillation, not beside it: the distillation's minutes get both cores
+    costs["prune+quant"] = compress_to(pruned, files["prune+quant"], small, calib)
+    costs["quant-only@same-size"] = compress_to(ref, files["quant-only@same-size"], small, calib)
 
     distill_text = plays_text(home, DISTILL_PLAYS)
     budgets = [float(x) for x in args.curve.split(",")]
@@ -160,7 +153,7 @@ def main() -> None:  # noqa: PLR0915
             budgets = [round(last / 4, 1), round(last / 2, 1), last]
             log(f"--finish-by {args.finish_by}: distillation curve shrunk to {budgets} minutes")
     cfg = DistillConfig(budget_minutes=budgets[0], lr=args.lr, seq_len=256, checkpoint_minutes=2.0,
-                         n_threads=args.threads, schedule=args.schedule)
+                         n_threads=args.threads, teacher_threads=args.teacher_threads, schedule=args.schedule)
     tag = f"{args.schedule}-lr{args.lr:g}"  # a fresh work dir (teacher cache included) per setting
     if args.curve_mode == "independent":
         tag += "-independent"
@@ -180,33 +173,46 @@ def main() -> None:  # noqa: PLR0915
     final = curve_files[-1][1]
     files["prune+distill+quant"] = work / f"prune-distill-quant-{tag}.gguf"
     costs["prune+distill+quant"] = compress_to(final, files["prune+distill+quant"], small, calib)
-    side_rc = side.wait()
-    if side_rc != 0:
-        raise SystemExit(f"the side compressions failed ({side_rc})")
-    costs["prune+quant"] = costs["quant-only@same-size"] = {"note": "edgegen compress CLI, in parallel with distill"}
     log("all files ready; quality")
 
     q = quality(list(files.values()), ref, evalt, args.chunks, 1)
     log("speed rounds")
     load_before = load_average()
-    # the control: a byte-for-byte copy of the base file, timed as one more file; identical bytes at other
-    # memory pages have decoded up to 6% apart here (bench/results/speed_interleave.json), which bounds
-    # what any ratio below can conclude
+    # the control: a byte-for-byte copy of the base file, timed as one more file. Every round copies all
+    # the files afresh and loads the copies (compare_speed's fresh_dir): loaded once, identical bytes
+    # decoded at a steady 0.95x-1.02x of each other, a different figure each run
+    # (bench/results/quant_vs_llamacpp.placement-once.json), which the rounds could not see
     control = work / "control-copy-of-quant-only-q4km.gguf"
     shutil.copyfile(files["quant-only@Q4_K_M"], control)
-    raw = compare_speed([*files.values(), control], rounds=args.speed_rounds, prompt_tokens=511, gen_tokens=32,
-                        n_threads=1)
+    fresh = work / "fresh-rounds"
+    try:
+        raw = compare_speed([*files.values(), control], rounds=args.speed_rounds, prompt_tokens=511, gen_tokens=32,
+                            n_threads=1, fresh_dir=fresh)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
     dec = {name: raw[str(p)]["decode_cpu_ms_per_token"] for name, p in files.items()}
-    control_speed = ratios(raw[str(control)]["decode_cpu_ms_per_token"], dec["quant-only@Q4_K_M"])
+    pre = {name: raw[str(p)]["prefill_cpu_ms_per_token"] for name, p in files.items()}
+    control_rounds = [c / b for b, c in zip(dec["quant-only@Q4_K_M"], raw[str(control)]["decode_cpu_ms_per_token"],
+                                            strict=True)]  # > 1: the copy decoded slower
+    control_speed = Spread.of([1 / r for r in control_rounds])  # base/copy, as the speedups below
     noise = Noise(load_before=load_before, threads=1, cores=os.cpu_count() or 1,
                   max_cv=max(Spread.of(v).cv for v in dec.values()))
     base = dec["quant-only@Q4_K_M"]
     speedup = {name: ratios(dec[name], base) for name in files}  # base/name per round: > 1 means faster
+    speedup_rounds = {name: [b / x for x, b in zip(dec[name], base, strict=True)] for name in files}
+    speedup_ci = {name: median_interval(v) for name, v in speedup_rounds.items()}
+    prefill_speedup = {name: [b / x for x, b in zip(pre[name], pre["quant-only@Q4_K_M"], strict=True)]
+                       for name in files}
     rows = {}
     for name, p in files.items():
         rows[name] = {"file": str(p), **q[str(p)], "weight_bytes_per_token": bytes_read_per_token(p),
                       "decode_cpu_ms_per_token": _spread(dec[name]),
                       "decode_speedup_vs_quant_only_q4km": speedup[name].to_dict(),
+                      "decode_speedup_rounds": [round(x, 4) for x in speedup_rounds[name]],
+                      "decode_speedup_median_ci95": speedup_ci[name].to_dict(),
+                      "prefill_cpu_ms_per_token": _spread(pre[name]),
+                      "prefill_speedup_vs_quant_only_q4km": _spread(prefill_speedup[name]),
+                      "prefill_speedup_median_ci95": median_interval(prefill_speedup[name]).to_dict(),
                       "speedup_supported": supported(speedup[name], noise), "cost": costs.get(name)}
     a, pdq, pq, same = (rows[k] for k in ("quant-only@Q4_K_M", "prune+distill+quant", "prune+quant",
                                           "quant-only@same-size"))
@@ -218,6 +224,9 @@ def main() -> None:  # noqa: PLR0915
         "decode_speedup_range": [round(speedup["prune+distill+quant"].low, 3),
                                  round(speedup["prune+distill+quant"].high, 3)],
         "decode_speedup_ge_1.25_all_rounds": speedup["prune+distill+quant"].low >= 1.25,
+        "decode_speedup_median_ci95": speedup_ci["prune+distill+quant"].to_dict(),
+        "decode_speedup_concluded_ge_1.25": speedup_ci["prune+distill+quant"].low >= 1.25,
+        "control_copy_median_ci95": median_interval([1 / r for r in control_rounds]).to_dict(),
         "speed_noisy": noise.noisy, "noise": noise.to_dict(),
         "control_copy_speedup": control_speed.to_dict(),
         "decode_speedup_low_over_control_high": round(speedup["prune+distill+quant"].low / control_speed.high, 3),

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from edgegen.distill import DistillConfig, distill, kd_loss
+from edgegen.distill.teacher import top_logprobs
 from edgegen.distill.trainer import learning_rate
 from edgegen.errors import BudgetError, TokenizerMismatchError, UserInputError
 from edgegen.evaluate.quality import evaluate_many
@@ -51,6 +52,16 @@ def test_kd_loss_is_zero_only_at_the_teacher() -> None:
     assert float(kd_loss(t + torch.randn(5, 50), lp, ids)) > 0.01
     top = lp.topk(8, -1)
     assert float(kd_loss(t, top.values, top.indices, temperature=2.0)) > 0.0  # tail mass elsewhere
+
+
+def test_teacher_top_k_are_the_largest_log_probabilities() -> None:
+    logits = np.random.default_rng(0).normal(0, 3, (7, 500)).astype(np.float32)
+    vals, ids = top_logprobs(logits, 16)
+    full = logits - np.log(np.exp(logits.astype(np.float64)).sum(1, keepdims=True))  # log-softmax, [7, 500]
+    expect = np.argsort(-full, axis=1)[:, :16]
+    assert vals.shape == ids.shape == (7, 16)
+    assert np.array_equal(ids, expect)
+    np.testing.assert_allclose(vals, np.take_along_axis(full, expect, 1), atol=1e-5)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero_by_the_budget() -> None:

@@ -9,7 +9,10 @@ arXiv:1503.02531), with the teacher's top-k cached on disk (``teacher.TeacherCac
 over those k tokens; the student's log-probabilities are over its whole vocabulary. No hidden-state
 loss (not implemented). The student is our torch forward on the GGUF's own tensors
 (``compress.forward``); every block weight and norm trains with AdamW, the token embedding (tied to the
-output head in SmolLM2) stays frozen unless ``train_embeddings``. The teacher runs in llama.cpp, once per sequence.
+output head in SmolLM2) stays frozen unless ``train_embeddings``; AdamW runs fused. The teacher runs in
+llama.cpp, once per sequence, on a thread of its own that computes the next sequence while the student
+trains on this one (``teacher_threads`` llama.cpp threads; on 2 cores the two mostly take turns: for
+SmolLM2 pruned to 24 layers, 256 tokens, the student's step is ~1.7 s and the teacher's ~1.2 s).
 
 Learning rate (``learning_rate``): linear warm-up over ``warmup_steps``, then, by default
 (``schedule="linear"``), a linear decay to zero at the end of the budget, the budget being wall-clock
@@ -71,7 +74,8 @@ class DistillConfig:
     grad_clip: float = 1.0
     checkpoint_minutes: float = 2.0
     train_embeddings: bool = False
-    n_threads: int = 1  # torch threads (and the teacher's llama.cpp threads)
+    n_threads: int = 1  # torch threads
+    teacher_threads: int | None = None  # the teacher's llama.cpp threads (None: n_threads)
     seed: int = 0
     max_steps: int | None = None  # stop earlier than the budget (tests, curves)
     schedule: LRSchedule = LRSchedule.LINEAR  # also accepts its value, "linear" or "constant"
@@ -190,7 +194,9 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
 
     names = [n for n in fwd.w if config.train_embeddings or n != "token_embd.weight"]
     params = [fwd.w[n].requires_grad_(True) for n in names]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel over all parameters, 0.08 s a step instead of 0.32 s for SmolLM2 pruned to 74M
+    # trainable weights on 2 cores (a sixth of the student's step)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     ckpt = workdir / CHECKPOINT
     step = tokens = 0
     elapsed = 0.0
@@ -206,7 +212,8 @@ def distill(student: Path | str, teacher: Path | str, out: Path | str, *, text: 
         step, tokens, elapsed, curve = state["step"], state["tokens"], state["elapsed"], list(state["curve"])
         log.info("resuming distillation at step %d (%.1f min spent)", step, elapsed / 60)
     resumed_from, tokens_before = step, tokens
-    cache = TeacherCache(workdir / "teacher", teacher, config.seq_len, config.top_k, config.n_threads)
+    cache = TeacherCache(workdir / "teacher", teacher, config.seq_len, config.top_k,
+                         config.teacher_threads or config.n_threads)
     budget_s = config.budget_minutes * 60.0
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.n_threads)
