@@ -104,7 +104,7 @@ def main() -> None:  # noqa: PLR0915
     from edgegen.cli.prune import DISTILL_PLAYS
     from edgegen.distill import DistillConfig, distill
     from edgegen.evaluate.bench import bytes_read_per_token, compare_speed
-    from edgegen.evaluate.rounds import Noise, Spread, load_average, median_interval, ratios, supported
+    from edgegen.evaluate.rounds import Noise, Spread, load_average, median_interval, supported
     from edgegen.formats.convert import cached_reference
     from edgegen.hub.sources import pull
     from edgegen.hub.texts import CALIBRATION_PLAYS, EVALUATION_PLAYS, plays_text
@@ -192,17 +192,20 @@ def main() -> None:  # noqa: PLR0915
         shutil.rmtree(fresh, ignore_errors=True)
     dec = {name: raw[str(p)]["decode_cpu_ms_per_token"] for name, p in files.items()}
     pre = {name: raw[str(p)]["prefill_cpu_ms_per_token"] for name, p in files.items()}
-    control_rounds = [c / b for b, c in zip(dec["quant-only@Q4_K_M"], raw[str(control)]["decode_cpu_ms_per_token"],
-                                            strict=True)]  # > 1: the copy decoded slower
-    control_speed = Spread.of([1 / r for r in control_rounds])  # base/copy, as the speedups below
+    base = dec["quant-only@Q4_K_M"]
+
+    def speedup_of(times: list[float], against: list[float]) -> list[float]:
+        """against/times round by round: > 1 means faster than ``against``."""
+        return [b / x for x, b in zip(times, against, strict=True)]
+
+    control_rounds = speedup_of(raw[str(control)]["decode_cpu_ms_per_token"], base)  # base/copy per round
+    control_speed = Spread.of(control_rounds)
     noise = Noise(load_before=load_before, threads=1, cores=os.cpu_count() or 1,
                   max_cv=max(Spread.of(v).cv for v in dec.values()))
-    base = dec["quant-only@Q4_K_M"]
-    speedup = {name: ratios(dec[name], base) for name in files}  # base/name per round: > 1 means faster
-    speedup_rounds = {name: [b / x for x, b in zip(dec[name], base, strict=True)] for name in files}
+    speedup_rounds = {name: speedup_of(dec[name], base) for name in files}
+    speedup = {name: Spread.of(v) for name, v in speedup_rounds.items()}
     speedup_ci = {name: median_interval(v) for name, v in speedup_rounds.items()}
-    prefill_speedup = {name: [b / x for x, b in zip(pre[name], pre["quant-only@Q4_K_M"], strict=True)]
-                       for name in files}
+    prefill_speedup = {name: speedup_of(pre[name], pre["quant-only@Q4_K_M"]) for name in files}
     rows = {}
     for name, p in files.items():
         rows[name] = {"file": str(p), **q[str(p)], "weight_bytes_per_token": bytes_read_per_token(p),
@@ -226,7 +229,7 @@ def main() -> None:  # noqa: PLR0915
         "decode_speedup_ge_1.25_all_rounds": speedup["prune+distill+quant"].low >= 1.25,
         "decode_speedup_median_ci95": speedup_ci["prune+distill+quant"].to_dict(),
         "decode_speedup_concluded_ge_1.25": speedup_ci["prune+distill+quant"].low >= 1.25,
-        "control_copy_median_ci95": median_interval([1 / r for r in control_rounds]).to_dict(),
+        "control_copy_median_ci95": median_interval(control_rounds).to_dict(),
         "speed_noisy": noise.noisy, "noise": noise.to_dict(),
         "control_copy_speedup": control_speed.to_dict(),
         "decode_speedup_low_over_control_high": round(speedup["prune+distill+quant"].low / control_speed.high, 3),
