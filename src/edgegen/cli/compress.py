@@ -65,7 +65,8 @@ def compress_cmd(
     speed_of: Annotated[Path | None, typer.Option(
         "--speed-of", help="a GGUF the result must decode at least as fast as (by the kernel cost model)")] = None,
     speed_profile: Annotated[Path | None, typer.Option(
-        "--speed-profile", help="per-format decode costs of the target CPU (JSON from bench/format_speed.py)")] = None,
+        "--speed-profile", help="per-format costs of the target CPU (JSON from edgegen profile-cpu; default: "
+        "this CPU's saved profile if profile-cpu has run here, else the built-in constants)")] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write the JSON report here")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch threads (default 1)")] = None,
     prune: Annotated[str | None, typer.Option(
@@ -78,6 +79,8 @@ def compress_cmd(
     from edgegen.compress.pipeline import Budget, CompressConfig, compress
     from edgegen.hub.texts import CALIBRATION_PLAYS, plays_text
 
+    if speed_of is not None and speed_profile is None:
+        speed_profile = _saved_profile()
     # bad flags fail before any work
     budget = Budget.of(max_size_mib=max_size_mib, bpw=bpw, preset=preset, speed_of=speed_of,
                        speed_profile=speed_profile)
@@ -121,6 +124,75 @@ def compress_cmd(
     )
 
 
+def _saved_profile() -> Path | None:
+    """This CPU's profile saved by ``edgegen profile-cpu``, announced on stderr; None if there is none."""
+    from edgegen.compress import format_profile
+    from edgegen.compress.speed import host_cpu_kind
+
+    path = format_profile.cached(get_settings().home, host_cpu_kind())
+    if path is not None:
+        err_console.print(f"speed profile: {path} (this CPU's, measured by edgegen profile-cpu)", highlight=False,
+                          soft_wrap=True)
+    return path
+
+
+def profile_cpu_cmd(
+    src: Annotated[str, typer.Argument(help="GGUF file or catalogue name whose weights are timed")]
+    = "smollm2-135m-instruct",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="interleaved timing rounds")] = 5,
+    prompt: Annotated[int, typer.Option("--prompt", min=8, help="prompt tokens prefilled per round")] = 511,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="greedy tokens decoded per round")] = 32,
+    formats: Annotated[str, typer.Option("--formats", help="comma-separated block formats to time")]
+    = ",".join(("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "F32", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                "Q6_K")),
+    out: Annotated[Path | None, typer.Option("--out", help="also write the profile JSON here")] = None,
+) -> None:
+    """Measure this CPU's decode and prefill cost of every block format under llama.cpp and save it as
+    the speed profile that `edgegen compress --speed-of` plans with on this kind of CPU (~8 min for
+    SmolLM2-135M at the defaults; one thread)."""
+    from rich.table import Table
+
+    from edgegen.compress import format_profile
+    from edgegen.compress.speed import host_cpu_kind
+    from edgegen.formats.gguf_file import validate_gguf
+
+    if out is not None:
+        check_output_path(out)
+    cpu = host_cpu_kind()
+    if cpu is None:
+        raise UserInputError("cannot read /proc/cpuinfo: without the CPU's kind a profile could not be found again")
+    home = get_settings().home
+    path = _resolve(src)
+    if path.is_dir():
+        raise UserInputError(f"{path} is a folder: convert it to GGUF first (edgegen convert)")
+    validate_gguf(path)
+    work = home / "speed-profiles" / "files" / path.stem
+    with progress_bar("writing one file per format") as update:
+        def report(stage: str, done: int, total: int) -> None:
+            if stage == "write":
+                update(done, total)
+        err_console.print(f"timing on {cpu.describe()}", highlight=False, soft_wrap=True)
+        data = format_profile.measure(path, work, formats=formats.split(","), rounds=rounds, prompt=prompt,
+                                      tokens=tokens, cpu=cpu, progress=report)
+    try:
+        saved = format_profile.save(data, home, cpu)
+        if out is not None:
+            out.write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write the profile: {exc}") from exc
+    table = Table("format", "decode ns/weight", "prefill ns/weight", "decode ms/token (spread)")
+    for q, row in data["formats"].items():
+        d = row["decode_cpu_ms_per_token"]
+        table.add_row(q, f"{row.get('ns_per_weight_1thread', float('nan')):.4f}",
+                      f"{row.get('prefill_ns_per_weight_1thread', float('nan')):.4f}",
+                      f"{d['median']:.3f} [{d['low']:.3f}-{d['high']:.3f}]")
+    console.print(table)
+    if data["skipped"]:
+        err_console.print(f"skipped (fit none of the model's matrices): {', '.join(data['skipped'])}",
+                          highlight=False)
+    console.print(f"saved {saved}", highlight=False, soft_wrap=True)
+
+
 def _staged(path, out, spec, minutes, budget, calib, calib_text, config, bars):  # noqa: ANN001, ANN202
     from edgegen.cli.prune import DISTILL_PLAYS, _text
     from edgegen.compress.plan import read_calibration
@@ -140,3 +212,4 @@ def _staged(path, out, spec, minutes, budget, calib, calib_text, config, bars): 
 
 def register(app: typer.Typer) -> None:
     app.command("compress")(compress_cmd)
+    app.command("profile-cpu")(profile_cpu_cmd)

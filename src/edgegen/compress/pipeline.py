@@ -56,6 +56,7 @@ class Budget:
     prefill_costs: Mapping[str, float] | None = None  # the CPU's per-format prefill costs
     # with a speed limit: why the profile may mispredict on this CPU (``speed.profile_mismatch``), else None
     profile_warning: str | None = None
+    speed_profile: str | None = None  # the profile file the costs came from (None: ``speed``'s constants)
 
     @classmethod
     def of(cls, *, max_size_mib: float | None = None, bpw: float | None = None,
@@ -89,7 +90,7 @@ class Budget:
         else:
             warning = None
         speed = {"max_decode_ms": ms, "speed_costs": costs, "max_prefill_ms": prefill_ms, "prefill_costs": pcosts,
-                 "profile_warning": warning}
+                 "profile_warning": warning, "speed_profile": None if speed_profile is None else str(speed_profile)}
         if max_size_mib is not None:
             if not max_size_mib > 0:
                 raise BudgetError(f"the size budget must be positive, not {max_size_mib} MiB")
@@ -231,7 +232,8 @@ def _compress(
         calib_tokens=cal.n_tokens if cal else 0, fisher_tokens=cal.n_fisher_tokens if cal else 0,
         calibration=cal.sources if cal else {},
         seconds=timer.laps, peak_rss_bytes=peak_rss_bytes(), speed_profile_warning=budget.profile_warning,
-        tensors=tensors, speed_costs=budget.speed_costs, prefill_costs=budget.prefill_costs,
+        speed_profile=budget.speed_profile, tensors=tensors, speed_costs=budget.speed_costs,
+        prefill_costs=budget.prefill_costs,
     )
 
 

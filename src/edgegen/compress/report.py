@@ -51,6 +51,7 @@ class CompressReport:
     tensors: list[TensorReport]
     calibration: dict[str, str] = field(default_factory=dict)  # statistic -> where it came from
     speed_profile_warning: str | None = None  # ``Budget.profile_warning``: the cost model's CPU is not this one
+    speed_profile: str | None = None  # ``Budget.speed_profile``: the costs' file (None: the built-in constants)
 
     @classmethod
     def build(cls, *, tensors: list[TensorReport], n_params: int, speed_costs: Mapping[str, float] | None = None,

@@ -13,8 +13,10 @@ evenly over the weights, which leaves comparisons between complete plans of one 
 Other CPUs order the formats similarly but not identically; the model only steers choices, the
 benchmark measures real speed.
 
-Another CPU is described by a profile: ``bench/format_speed.py`` run on it prints one, and
-``load_profile(path)`` reads it (or a plain ``{"Q4_0": ns, ...}`` mapping) for ``compress``. A profile
+Another CPU is described by a profile: ``edgegen profile-cpu`` (``compress.format_profile``) run on
+it measures one and saves it under the data dir by CPU kind, where ``compress --speed-of`` finds it
+(``bench/format_speed.py`` prints the same JSON), and ``load_profile(path)`` reads it (or a plain
+``{"Q4_0": ns, ...}`` mapping) for ``compress``. A profile
 names the CPU it was measured on (``CpuKind``: model name and the SIMD extensions ggml-cpu picks its
 kernels by; the constants here: ``BUILTIN_PROFILE_CPU``), and ``profile_mismatch`` says when that is
 not the CPU at hand: on a 2-core Intel Xeon with AVX-512, a file that these AVX2 constants predicted
@@ -113,8 +115,8 @@ def profile_mismatch(profile: CpuKind | None, host: CpuKind | None) -> str | Non
     if profile is None or host is None or profile.isa == host.isa:
         return None
     return (f"the speed profile was measured on {profile.describe()}, but this CPU is {host.describe()}: "
-            "ggml-cpu runs other kernels here, so predicted speeds may be off; measure this CPU with "
-            "bench/format_speed.py and pass its JSON as --speed-profile")
+            "ggml-cpu runs other kernels here, so predicted speeds may be off; measure this CPU once with "
+            "`edgegen profile-cpu` (compress then uses its profile) or pass one as --speed-profile")
 
 
 def profile_cpu_kind(path: Path | None) -> CpuKind | None:
@@ -215,7 +217,7 @@ def _read_profile(path: Path) -> object:
 
 
 def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, float]:
-    """A CPU's per-format costs (ns per weight): ``bench/format_speed.py``'s JSON or a plain mapping.
+    """A CPU's per-format costs (ns per weight): ``format_profile.measure``'s JSON or a plain mapping.
 
     ``key`` picks the decode costs (``ns_per_weight_1thread``) or the prefill costs
     (``prefill_ns_per_weight_1thread``; a plain mapping serves as both; a profile with decode costs
