@@ -149,13 +149,15 @@ def profile_cpu_cmd(
 ) -> None:
     """Measure this CPU's decode and prefill cost of every block format under llama.cpp and save it as
     the speed profile that `edgegen compress --speed-of` plans with on this kind of CPU (~8 min for
-    SmolLM2-135M at the defaults; one thread)."""
+    SmolLM2-135M at the defaults; one thread). Only a full measurement is saved (every format that
+    fits, >= 3 rounds, a model of >= 10M weights); any measurement can be written with --out."""
     from rich.table import Table
 
     from edgegen.compress import format_profile
     from edgegen.compress.speed import host_cpu_kind
     from edgegen.formats.gguf_file import validate_gguf
 
+    wanted = format_profile.parse_formats(formats)  # bad flags fail before any work
     if out is not None:
         check_output_path(out)
     cpu = host_cpu_kind()
@@ -166,21 +168,15 @@ def profile_cpu_cmd(
     if path.is_dir():
         raise UserInputError(f"{path} is a folder: convert it to GGUF first (edgegen convert)")
     validate_gguf(path)
-    work = home / "speed-profiles" / "files" / path.stem
-    with progress_bar("writing one file per format") as update:
-        def report(stage: str, done: int, total: int) -> None:
-            if stage == "write":
-                update(done, total)
-        err_console.print(f"timing on {cpu.describe()}", highlight=False, soft_wrap=True)
-        data = format_profile.measure(path, work, formats=formats.split(","), rounds=rounds, prompt=prompt,
-                                      tokens=tokens, cpu=cpu, progress=report)
     try:
-        saved = format_profile.save(data, home, cpu)
-        if out is not None:
-            out.write_text(json.dumps(data, indent=1) + "\n")
+        with progress_bar("writing one file per format") as update:
+            data = format_profile.measure(path, home / "speed-profiles", formats=wanted, rounds=rounds,
+                                          prompt=prompt, tokens=tokens, cpu=cpu,
+                                          progress=lambda stage, done, total: update(done, total))
     except OSError as exc:
-        raise OutputError(f"cannot write the profile: {exc}") from exc
-    table = Table("format", "decode ns/weight", "prefill ns/weight", "decode ms/token (spread)")
+        raise OutputError(f"cannot write the format files under {home / 'speed-profiles'}: {exc}") from exc
+    table = Table("format", "decode ns/weight", "prefill ns/weight", "decode ms/token (spread)",
+                  title=f"{cpu.describe()}, {data['rounds']} rounds")
     for q, row in data["formats"].items():
         d = row["decode_cpu_ms_per_token"]
         table.add_row(q, f"{row.get('ns_per_weight_1thread', float('nan')):.4f}",
@@ -188,9 +184,23 @@ def profile_cpu_cmd(
                       f"{d['median']:.3f} [{d['low']:.3f}-{d['high']:.3f}]")
     console.print(table)
     if data["skipped"]:
-        err_console.print(f"skipped (fit none of the model's matrices): {', '.join(data['skipped'])}",
-                          highlight=False)
-    console.print(f"saved {saved}", highlight=False, soft_wrap=True)
+        console.print(f"skipped (fit none of the model's matrices): {', '.join(data['skipped'])}", highlight=False)
+    text = json.dumps({**data, "cpu": cpu.to_dict()}, indent=1) + "\n"
+    try:
+        if out is not None:
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(out)
+            console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+        why_not = format_profile.saveable(data)
+        if why_not is None:
+            console.print(f"saved {format_profile.save(data, home, cpu)}", highlight=False, soft_wrap=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the profile: {exc}") from exc
+    if why_not is not None:
+        err_console.print(f"not saved as this CPU's profile: {why_not}"
+                          + ("; pass the --out file as --speed-profile to use it" if out else ""),
+                          highlight=False, soft_wrap=True)
 
 
 def _staged(path, out, spec, minutes, budget, calib, calib_text, config, bars):  # noqa: ANN001, ANN202

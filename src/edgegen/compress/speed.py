@@ -49,6 +49,7 @@ overheads outside the matrices are the same), its absolute value is approximate.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,13 @@ class CpuKind:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> CpuKind:
-        return cls(str(d.get("model", "")), tuple(sorted(str(f) for f in d.get("isa", ()))))
+        """From ``to_dict``'s form; raises ``UserInputError`` unless ``isa`` is a list of names."""
+        isa = d.get("isa", [])
+        if not isinstance(isa, list) or not all(isinstance(f, str) for f in isa):
+            from edgegen.errors import UserInputError
+
+            raise UserInputError(f"a speed profile's cpu.isa must be a list of flag names, not {isa!r}")
+        return cls(str(d.get("model", "")), tuple(sorted(isa)))
 
     def describe(self) -> str:
         return f"{self.model or 'unknown CPU'} ({', '.join(self.isa) or 'no SIMD flags listed'})"
@@ -235,7 +242,8 @@ def load_profile(path: Path, key: str = "ns_per_weight_1thread") -> dict[str, fl
     costs: dict[str, float] = {}
     for name, v in table.items():
         value = v.get(key) if isinstance(v, dict) else v
-        if name.upper() in base and isinstance(value, (int, float)) and value > 0:
+        if (name.upper() in base and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0):
             costs[name.upper()] = float(value)
     if not costs and base is PREFILL_NS_PER_WEIGHT:  # a decode-only profile: scale the prefill table
         decode = load_profile(path)
