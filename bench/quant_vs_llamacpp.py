@@ -129,7 +129,7 @@ def ours(ref: Path, out: Path, size: int, speed_of: Path | None, calib: Path,
         "stage_s": data["seconds"], "peak_rss_bytes": data["peak_rss_bytes"],
         "predicted_kl": data["predicted_kl"], "predicted_decode_ms": data["predicted_decode_ms"],
         "predicted_prefill_ms": data.get("predicted_prefill_ms"), "types": data["types"],
-        "speed_profile_warning": data.get("speed_profile_warning"),
+        "speed_profile_warning": data.get("speed_profile_warning"), "speed_profile": data.get("speed_profile"),
     }
 
 
@@ -361,7 +361,8 @@ def main() -> None:
     ap.add_argument("--gen-tokens", type=int, default=32, help="decoded tokens per file per speed round")
     ap.add_argument("--json-out", type=Path, default=None, help="also rewrite the JSON here after every row")
     ap.add_argument("--speed-profile", type=Path, default=None, help="this CPU's per-format costs "
-                    "(bench/format_speed.py's JSON) for edgegen compress; default: the built-in constants")
+                    "(edgegen profile-cpu's JSON) for edgegen compress; default: what compress picks (this "
+                    "CPU's profile saved by edgegen profile-cpu under $EDGEGEN_HOME, else the built-in constants)")
     ap.add_argument("--speed-only", action="store_true", help="only re-measure the speed of the file pairs an "
                     "earlier run left in --out (ours and llama.cpp+imatrix's, per reference and size)")
     args = ap.parse_args()
