@@ -67,6 +67,25 @@ def test_fit_gives_no_figure_for_a_phase_the_format_holds_nothing_of() -> None:
     assert fp.PREFILL_KEY not in fitted["Q6_K"] and fitted["Q6_K"][fp.DECODE_KEY] > fitted["Q4_0"][fp.DECODE_KEY]
 
 
+def test_same_round_ratios_cancel_a_slow_stretch_of_the_machine() -> None:
+    """Round-wide slowdowns (x1 to x1.9, as a neighbour's job comes and goes) scale every file of the round
+    alike: the time fitted for Q8_0 is exactly its true 1.25x of Q4_0 times Q4_0's median, where the
+    median of Q8_0's own times is off (its slow rounds are not Q4_0's median rounds)."""
+    slow = [1.0, 1.9, 1.1, 1.6, 1.0]
+    base = [8.0 * k for k in slow]
+    q8 = [10.0 * k for k in slow]
+    q8[2], q8[4] = 10.0 * 1.8, 10.0 * 1.8  # two rounds where only Q8_0's turn was slowed
+    series = {"Q4_0": {"decode": base}, "Q8_0": {"decode": q8}}
+    fitted = fp.same_round_times(series)
+    assert fitted["Q4_0"]["decode"] == pytest.approx(8.8)
+    assert fitted["Q8_0"]["decode"] == pytest.approx(8.8 * 1.25)
+    assert sorted(q8)[2] == pytest.approx(18.0)  # Q8_0's own median: 2.05x Q4_0's
+    with pytest.raises(ValueError, match="rounds"):
+        fp.same_round_times({"Q4_0": {"decode": base}, "Q8_0": {"decode": q8[:3]}})
+    with pytest.raises(ValueError, match="base format"):
+        fp.same_round_times({"Q8_0": {"decode": q8}})
+
+
 def test_formats_are_trimmed_deduplicated_and_checked() -> None:
     assert fp.parse_formats(" q8_0, Q8_0,,Q4_0 ") == ["Q8_0", "Q4_0"]
     with pytest.raises(UserInputError, match="unknown block format 'Q9_9'"):

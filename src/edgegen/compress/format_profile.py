@@ -104,6 +104,27 @@ def fit_costs(times: Mapping[str, Mapping[str, float]], layouts: Mapping[str, La
     return out
 
 
+def same_round_times(series: Mapping[str, Mapping[str, Sequence[float]]],
+                     base: str = BASE) -> dict[str, dict[str, float]]:
+    """Pure: per file and phase, the time to fit with: the median over rounds of its ratio to ``base``'s
+    time in the same round, times ``base``'s median time. ``series[f][phase]``: one time per round,
+    rounds aligned across files (``compare_speed``). A slow stretch of a shared machine moves every file
+    of its round alike, so the same-round ratio keeps far less of it than each file's own median, and
+    the differences ``fit_costs`` divides by the few weights a partial format holds stay steady.
+    Raises ``ValueError`` if ``base`` is missing or the files have different round counts."""
+    if base not in series:
+        raise ValueError(f"the base format {base} must be timed: the other formats are fitted against it")
+    out: dict[str, dict[str, float]] = {}
+    for f, phases in series.items():
+        out[f] = {}
+        for phase, values in phases.items():
+            ref = series[base][phase]
+            if len(values) != len(ref):
+                raise ValueError(f"{f} has {len(values)} rounds of {phase}, {base} has {len(ref)}")
+            out[f][phase] = float(np.median([a / b for a, b in zip(values, ref, strict=True)]) * np.median(ref))
+    return out
+
+
 def picks_for(shapes: Mapping[str, tuple[int, ...]], matrices: Sequence[str], qtype: str,
               base: str = BASE) -> dict[str, str]:
     """Pure: per matrix, ``qtype`` where its rows fit ``qtype``'s blocks, else ``base``, else F16."""
@@ -176,7 +197,8 @@ def measure(ref: Path, work: Path, *, formats: str | Sequence[str] = FORMATS, ro
     under ``work``, timed, and deleted with the folder afterwards (also on failure).
     ``progress(stage, done, total)`` reports ``"write"`` per file. Returns the profile as JSON data:
     ``formats`` (per format the median and spread of CPU ms per generated and per prompt token of its
-    file, and the fitted ``ns_per_weight_1thread`` and ``prefill_ns_per_weight_1thread``), ``skipped``
+    file, of its ratio to the ``BASE`` file's time in the same round, and the fitted
+    ``ns_per_weight_1thread`` and ``prefill_ns_per_weight_1thread``, from ``same_round_times``), ``skipped``
     (formats that fit none of the model's matrices), ``complete`` (every format of ``FORMATS`` that
     fits the model was timed, over at least ``MIN_ROUNDS`` rounds), the settings and ``cpu``.
     Raises ``UserInputError`` for an unknown format or a model ``BASE`` fits nowhere (before writing
@@ -218,10 +240,14 @@ def measure(ref: Path, work: Path, *, formats: str | Sequence[str] = FORMATS, ro
         shutil.rmtree(folder, ignore_errors=True)
     spreads = {q: {k: Spread.of(raw[str(p)][k]) for k in ("decode_cpu_ms_per_token", "prefill_cpu_ms_per_token")}
                for q, p in files.items()}
-    medians = {q: {"decode": s["decode_cpu_ms_per_token"].median, "prefill": s["prefill_cpu_ms_per_token"].median}
-               for q, s in spreads.items()}
-    fitted = fit_costs(medians, layouts)
+    series = {q: {"decode": raw[str(p)]["decode_cpu_ms_per_token"], "prefill": raw[str(p)]["prefill_cpu_ms_per_token"]}
+              for q, p in files.items()}
+    fitted = fit_costs(same_round_times(series), layouts)
+    ratios = {q: {ph: Spread.of([a / b for a, b in zip(v, series[BASE][ph], strict=True)])
+                  for ph, v in ph_series.items()} for q, ph_series in series.items()}
     table = {q: {**{k: {f: round(v, 4) for f, v in s.to_dict().items()} for k, s in spreads[q].items()},
+                 **{f"{ph}_ratio_to_{BASE}": {f: round(v, 4) for f, v in r.to_dict().items()}
+                    for ph, r in ratios[q].items()},
                  **{k: round(v, 4) for k, v in fitted.get(q, {}).items()}} for q in files}
     complete = rounds >= MIN_ROUNDS and _fits_any(model) <= set(files)
     return {"reference": str(ref), "weights_read_per_token": total.decode,
