@@ -3,7 +3,7 @@ The method lives in ``edgegen.compress.format_profile`` (``edgegen profile-cpu``
 profile where ``compress --speed-of`` finds it); this script runs it on the Foundation's F16 reference
 and prints the JSON, for bench/results.
 
-    .venv/bin/python bench/format_speed.py [--home DIR] [--out DIR] [--rounds 5] [--prompt 511] [--tokens 32]
+    .venv/bin/python bench/format_speed.py [--home DIR] [--out DIR] [--rounds 9] [--prompt 511] [--tokens 32]
 
 Writes SmolLM2-135M (the Foundation's F16 reference) once per format with every weight matrix in that
 format (plain round-to-nearest; the values do not change the kernels' speed). The 256-wide k-quants
@@ -40,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", type=Path, default=Path(os.environ.get("EDGEGEN_TEST_HOME", REPO / ".cache" / "edgegen")))
     ap.add_argument("--out", type=Path, default=REPO / ".cache" / "bench-format-speed")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--prompt", type=int, default=511)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--formats", default=",".join(FORMATS))

@@ -139,7 +139,8 @@ def _saved_profile() -> Path | None:
 def profile_cpu_cmd(
     src: Annotated[str, typer.Argument(help="GGUF file or catalogue name whose weights are timed")]
     = "smollm2-135m-instruct",
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="interleaved timing rounds")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="interleaved timing rounds (k-quants fit only "
+                                        "some rows of most models, so their fit amplifies noise)")] = 9,
     prompt: Annotated[int, typer.Option("--prompt", min=8, help="prompt tokens prefilled per round")] = 511,
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="greedy tokens decoded per round")] = 32,
     formats: Annotated[str, typer.Option("--formats", help="comma-separated block formats to time")]
@@ -148,7 +149,7 @@ def profile_cpu_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="also write the profile JSON here")] = None,
 ) -> None:
     """Measure this CPU's decode and prefill cost of every block format under llama.cpp and save it as
-    the speed profile that `edgegen compress --speed-of` plans with on this kind of CPU (~8 min for
+    the speed profile that `edgegen compress --speed-of` plans with on this kind of CPU (~6 min for
     SmolLM2-135M at the defaults; one thread). Only a full measurement is saved (every format that
     fits, >= 3 rounds, a model of >= 10M weights); any measurement can be written with --out."""
     from rich.table import Table

@@ -187,7 +187,7 @@ def write_in_format(ref: Path, out: Path, picks: Mapping[str, str]) -> Path:
     return out
 
 
-def measure(ref: Path, work: Path, *, formats: str | Sequence[str] = FORMATS, rounds: int = 5, prompt: int = 511,
+def measure(ref: Path, work: Path, *, formats: str | Sequence[str] = FORMATS, rounds: int = 9, prompt: int = 511,
             tokens: int = 32, cpu: CpuKind | None = None,
             progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Time ``formats`` on this CPU with the weights of ``ref`` (a GGUF) and fit ns per weight.
