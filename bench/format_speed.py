@@ -5,23 +5,23 @@ and prints the JSON, for bench/results.
 
     .venv/bin/python bench/format_speed.py [--home DIR] [--out DIR] [--rounds 9] [--prompt 511] [--tokens 32]
 
-Writes SmolLM2-135M (the Foundation's F16 reference) once per format with every weight matrix in that
-format (plain round-to-nearest; the values do not change the kernels' speed). The 256-wide k-quants
-fit only the FFN down projections (1536 columns), so their files hold those in the k-quant and the
-rest in Q4_0. The files then run in interleaved rounds (``evaluate.bench.compare_speed``: one thread,
-process CPU time; each round prefills a ``--prompt``-token prompt from an empty context and decodes
-``--tokens`` greedy tokens with every file in turn, the order rotated each round). Per file: the median
-and spread over rounds of CPU ms per prompt token (prefill) and per generated token (decode).
+Writes SmolLM2-135M (the Foundation's F16 reference) once per format into a fresh folder under
+``--out`` (removed afterwards), every weight matrix the format fits in that format and the rest in
+Q4_0 (the 256-wide k-quants fit only the FFN down projections, 1536 columns); plain round-to-nearest,
+as the values do not change the kernels' speed. The files run in interleaved rounds
+(``evaluate.bench.compare_speed``: one thread, process CPU time; each round prefills a
+``--prompt``-token prompt and decodes ``--tokens`` greedy tokens with every file in turn, Williams
+order). Per file: the median and spread of CPU ms per prompt token and per generated token, and of its
+ratio to the Q4_0 file in the same round.
 
-Per-weight cost, ns: an all-X file gives ``T_X / N`` (N the weights read per token: for decode every
-matrix and the embedding once as the tied output; for prefill every matrix but the output, which
-llama.cpp applies to the last prompt token only); a k-quant file gives ``k_Q4_0 + (T - T_Q4_0) / N_down``.
-The per-token work outside the matrices (attention over the context, norms, sampling) is spread
-evenly over all weights: every complete plan of one model reads the same N weights, so that share
-is the same for any two plans and comparisons between them are exact under the additive model.
-Prints JSON: per format, the medians and spreads and the fitted ns per weight (``ns_per_weight_1thread``
-for decode, ``prefill_ns_per_weight_1thread``). Run on a target device, that JSON is its speed
-profile: ``edgegen compress ... --speed-of FILE --speed-profile JSON``.
+Per-weight cost, ns: ``format_profile.fit_costs`` on the same-round times (``same_round_times``: the
+median ratio to Q4_0 times Q4_0's median), one linear equation per file under the additive model;
+where a format fills the model this is ``T_X / N`` (N the weights read per token: for decode every
+matrix and the embedding once as the tied output; for prefill every matrix but the output). Prints
+JSON: per format the medians, spreads and the fitted ``ns_per_weight_1thread`` (decode) and
+``prefill_ns_per_weight_1thread``. Run on a target device, that JSON is its speed profile:
+``edgegen compress ... --speed-of FILE --speed-profile JSON`` (``edgegen profile-cpu`` also saves it
+where compress finds it by itself).
 """
 
 from __future__ import annotations

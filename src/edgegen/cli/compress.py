@@ -79,14 +79,16 @@ def compress_cmd(
     from edgegen.compress.pipeline import Budget, CompressConfig, compress
     from edgegen.hub.texts import CALIBRATION_PLAYS, plays_text
 
-    if speed_of is not None and speed_profile is None:
-        speed_profile = _saved_profile()
+    saved = _saved_profile() if speed_of is not None and speed_profile is None else None
     # bad flags fail before any work
     budget = Budget.of(max_size_mib=max_size_mib, bpw=bpw, preset=preset, speed_of=speed_of,
-                       speed_profile=speed_profile)
+                       speed_profile=speed_profile or saved)
     check_output_path(out)
     if report is not None:
         check_output_path(report)
+    if saved is not None:
+        err_console.print(f"speed profile: {saved} (this CPU's, measured by edgegen profile-cpu)", highlight=False,
+                          soft_wrap=True)
     if budget.profile_warning:
         err_console.print(f"warning: {budget.profile_warning}", highlight=False, soft_wrap=True)
     path = _resolve(src)
@@ -125,15 +127,11 @@ def compress_cmd(
 
 
 def _saved_profile() -> Path | None:
-    """This CPU's profile saved by ``edgegen profile-cpu``, announced on stderr; None if there is none."""
+    """This CPU's profile saved by ``edgegen profile-cpu``, or None if there is none."""
     from edgegen.compress import format_profile
     from edgegen.compress.speed import host_cpu_kind
 
-    path = format_profile.cached(get_settings().home, host_cpu_kind())
-    if path is not None:
-        err_console.print(f"speed profile: {path} (this CPU's, measured by edgegen profile-cpu)", highlight=False,
-                          soft_wrap=True)
-    return path
+    return format_profile.cached(get_settings().home, host_cpu_kind())
 
 
 def profile_cpu_cmd(
@@ -143,9 +141,8 @@ def profile_cpu_cmd(
                                         "some rows of most models, so their fit amplifies noise)")] = 9,
     prompt: Annotated[int, typer.Option("--prompt", min=8, help="prompt tokens prefilled per round")] = 511,
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="greedy tokens decoded per round")] = 32,
-    formats: Annotated[str, typer.Option("--formats", help="comma-separated block formats to time")]
-    = ",".join(("Q4_0", "IQ4_NL", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "F16", "F32", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-                "Q6_K")),
+    formats: Annotated[str | None, typer.Option(
+        "--formats", help="comma-separated block formats to time (default: every one compress plans with)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="also write the profile JSON here")] = None,
 ) -> None:
     """Measure this CPU's decode and prefill cost of every block format under llama.cpp and save it as
@@ -156,9 +153,10 @@ def profile_cpu_cmd(
 
     from edgegen.compress import format_profile
     from edgegen.compress.speed import host_cpu_kind
+    from edgegen.durable import atomic_write
     from edgegen.formats.gguf_file import validate_gguf
 
-    wanted = format_profile.parse_formats(formats)  # bad flags fail before any work
+    wanted = format_profile.parse_formats(formats or format_profile.FORMATS)  # bad flags fail before any work
     if out is not None:
         check_output_path(out)
     cpu = host_cpu_kind()
@@ -189,9 +187,7 @@ def profile_cpu_cmd(
     text = json.dumps({**data, "cpu": cpu.to_dict()}, indent=1) + "\n"
     try:
         if out is not None:
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(text)
-            tmp.replace(out)
+            atomic_write(out, text.encode(), label="profile")
             console.print(f"wrote {out}", highlight=False, soft_wrap=True)
         why_not = format_profile.saveable(data)
         if why_not is None:

@@ -263,9 +263,7 @@ def measure(ref: Path, work: Path, *, formats: str | Sequence[str] = FORMATS, ro
 
 def _fits_any(model) -> set[str]:  # noqa: ANN001
     """Formats of ``FORMATS`` that hold at least one of ``model``'s matrices."""
-    from edgegen.compress.blocks import storage_type
-
-    return {q for q in FORMATS if any(storage_type(q).fits(model.shapes[n][1]) for n in model.matrices)}
+    return {q for q in FORMATS if q in picks_for(model.shapes, model.matrices, q).values()}
 
 
 def saveable(profile: Mapping) -> str | None:
@@ -296,11 +294,10 @@ def profile_path(home: Path, cpu: CpuKind) -> Path:
 def save(profile: Mapping, home: Path, cpu: CpuKind) -> Path:
     """Write ``profile`` (``measure``'s data) as the profile of ``cpu`` (atomically); returns the path.
     Raises ``OSError`` when the data dir cannot be written."""
+    from edgegen.durable import atomic_write
+
     path = profile_path(home, cpu)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**profile, "cpu": cpu.to_dict()}, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps({**profile, "cpu": cpu.to_dict()}, indent=1) + "\n").encode(), label="profile")
     return path
 
 
